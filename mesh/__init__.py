@@ -1,0 +1,1 @@
+"""Shared vocabulary of the mesh: state types, specs, the Store, errors, the meshctl CLI."""

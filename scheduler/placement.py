@@ -1,0 +1,163 @@
+"""The pure core of the scheduler: ``plan(snapshot) -> Plan``.
+
+No I/O, no clock: everything the decision needs is in the snapshot, so two
+schedulers given the same state compute the same plan, and planning the plan's
+result again changes nothing.
+
+Rules, in order, per model (models in name order, for determinism):
+1. keep replicas on nodes that are healthy, known and still satisfy the spec's
+   node selector (cordoned nodes keep what they run; they only refuse new work);
+2. drop replicas above the desired count (newest first);
+3. place missing replicas: at most one replica of a model per node (Triton
+   serves a model name once per server; intra-node parallelism is the model's
+   instance_group), on nodes with room for the spec's resources, preferring
+   the node left with the least free room after placement (best fit);
+4. replicas that fit nowhere are reported with the reason for each node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from mesh.types import ModelSpec, NodeInfo, Placement, Replica, Resources
+
+__all__ = ["Snapshot", "Plan", "plan", "desired_replicas"]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    specs: Mapping[str, ModelSpec]
+    nodes: Mapping[str, NodeInfo]
+    healthy: frozenset[str]
+    placements: Mapping[str, Placement]
+    # Replica counts asked for by the autoscaler or `meshctl scale`, per model.
+    desired: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    placements: dict[str, Placement]   # models whose placement changes
+    deletions: tuple[str, ...]         # models whose placement goes away
+    reasons: dict[str, tuple[str, ...]]  # why replicas changed, per model
+
+
+def desired_replicas(spec: ModelSpec, asked: int | None) -> int:
+    want = spec.min_replicas if asked is None else asked
+    return max(spec.min_replicas, min(spec.max_replicas, want))
+
+
+def plan(snap: Snapshot) -> Plan:
+    used = _usage(snap)
+    changed: dict[str, Placement] = {}
+    reasons: dict[str, tuple[str, ...]] = {}
+    for name in sorted(snap.specs):
+        spec = snap.specs[name]
+        old = snap.placements.get(name)
+        new, why = _place_model(spec, old, snap, used)
+        if old is None or new != old:
+            changed[name] = new
+            reasons[name] = tuple(why)
+    deletions = tuple(sorted(m for m in snap.placements if m not in snap.specs))
+    return Plan(changed, deletions, reasons)
+
+
+def _usage(snap: Snapshot) -> dict[str, Resources]:
+    used: dict[str, Resources] = {n: Resources() for n in snap.nodes}
+    for name, pl in snap.placements.items():
+        spec = snap.specs.get(name)
+        if spec is None:
+            continue
+        for r in pl.replicas:
+            if r.node in used:
+                used[r.node] = used[r.node] + spec.resources
+    return used
+
+
+def _selector_ok(spec: ModelSpec, node: NodeInfo) -> bool:
+    return all(node.labels.get(k) == v for k, v in spec.node_selector.items())
+
+
+def _place_model(
+    spec: ModelSpec, old: Placement | None, snap: Snapshot, used: dict[str, Resources]
+) -> tuple[Placement, list[str]]:
+    why: list[str] = []
+    kept: list[Replica] = []
+    for r in (old.replicas if old else ()):
+        node = snap.nodes.get(r.node)
+        if node is None or r.node not in snap.healthy:
+            why.append(f"replica {r.replica_id} lost: node {r.node} is {'gone' if node is None else 'unhealthy'}")
+            _release(used, r.node, spec)
+        elif not _selector_ok(spec, node):
+            why.append(f"replica {r.replica_id} moved: node {r.node} no longer matches nodeSelector")
+            _release(used, r.node, spec)
+        elif r.version != spec.version:
+            # A new artifact: reload in place on the same node (rollouts refine this).
+            kept.append(Replica(r.replica_id, r.node, spec.version, r.role))
+            why.append(f"replica {r.replica_id} updated to version {spec.version}")
+        else:
+            kept.append(r)
+
+    want = desired_replicas(spec, snap.desired.get(spec.name))
+    while len(kept) > want:
+        gone = kept.pop()
+        _release(used, gone.node, spec)
+        why.append(f"replica {gone.replica_id} removed: scaled to {want}")
+
+    next_id = 1 + max((_ordinal(r.replica_id) for r in (old.replicas if old else ())), default=-1)
+    unplaced: list[str] = []
+    while len(kept) < want:
+        node_id, rejected = _choose_node(spec, snap, used, {r.node for r in kept})
+        if node_id is None:
+            unplaced.append("; ".join(rejected) or "no nodes are registered")
+            break
+        used[node_id] = used[node_id] + spec.resources
+        rid = f"{spec.name}-{next_id}"
+        next_id += 1
+        kept.append(Replica(rid, node_id, spec.version))
+        why.append(f"replica {rid} placed on {node_id}")
+    missing = want - len(kept)
+    if missing > 1:
+        unplaced = unplaced * missing
+    generation = spec.generation
+    return Placement(spec.name, generation, tuple(kept), tuple(unplaced)), why
+
+
+def _choose_node(
+    spec: ModelSpec, snap: Snapshot, used: dict[str, Resources], taken: set[str]
+) -> tuple[str | None, list[str]]:
+    best: tuple[tuple[int, int, int, str], str] | None = None
+    rejected: list[str] = []
+    for node_id in sorted(snap.nodes):
+        node = snap.nodes[node_id]
+        if node_id not in snap.healthy:
+            rejected.append(f"{node_id}: unhealthy")
+            continue
+        if node.cordoned:
+            rejected.append(f"{node_id}: cordoned")
+            continue
+        if node_id in taken:
+            rejected.append(f"{node_id}: already runs a replica of {spec.name}")
+            continue
+        if not _selector_ok(spec, node):
+            rejected.append(f"{node_id}: labels do not match nodeSelector {spec.node_selector}")
+            continue
+        free = node.capacity - used[node_id]
+        short = spec.resources.shortfall(free)
+        if short:
+            rejected.append(f"{node_id}: {', '.join(short)}")
+            continue
+        left = free - spec.resources
+        score = (left.gpu_memory_bytes, left.cpu_millis, left.memory_bytes, node_id)
+        if best is None or score < best[0]:
+            best = (score, node_id)
+    return (best[1] if best else None), rejected
+
+
+def _release(used: dict[str, Resources], node_id: str, spec: ModelSpec) -> None:
+    if node_id in used:
+        used[node_id] = used[node_id] - spec.resources
+
+
+def _ordinal(replica_id: str) -> int:
+    tail = replica_id.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
