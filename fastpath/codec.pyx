@@ -89,6 +89,10 @@ cdef object _F4 = np.dtype("<f4")
 cdef object _F8 = np.dtype("<f8")
 cdef object _OBJECT = np.dtype(np.object_)
 cdef object _UINT8 = np.dtype(np.uint8)
+cdef object _BIAS = np.uint64(0x7FFF)
+cdef object _SIXTEEN = np.uint64(16)
+cdef object _ONE = np.uint64(1)
+cdef object _QUIET = np.uint64(0x40)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -543,13 +547,22 @@ cdef int _flatten_strings(object data, list out, str who) except -1:
 
 cdef object _to_bf16_bits(object values):
     """float array -> bfloat16 bit patterns (round to nearest even; NaN stays quiet NaN)."""
-    f32 = np.asarray(values, dtype=_F4)
+    f32 = np.asarray(values, dtype=_F4).ravel()
     bits = f32.view(_U4).astype(np.uint64)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(_U2)
+    rounded = ((bits + _BIAS + ((bits >> _SIXTEEN) & _ONE)) >> _SIXTEEN).astype(_U2)
     nan = np.isnan(f32)
     if nan.any():
-        rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(_U2)
+        rounded[nan] = ((bits[nan] >> _SIXTEEN) | _QUIET).astype(_U2)
     return rounded
+
+
+cdef object _python_ints(object data, object arr, str datatype, str who):
+    cdef object flat
+    if arr.dtype.kind in "fO":
+        flat = np.asarray(data, dtype=_OBJECT).ravel()
+        if all([isinstance(x, int) for x in flat.tolist()]):
+            return flat
+    raise CodecError(f"{who}: {datatype} data must be integers, got {arr.dtype}")
 
 
 def json_to_raw(data, str datatype, shape, str name="") -> bytes:
@@ -583,7 +596,9 @@ def json_to_raw(data, str datatype, shape, str name="") -> bytes:
                     raise CodecError(f"{who}: BOOL data must be booleans, got {arr.dtype}")
             elif datatype[0] in "UI":
                 if kind != "i" and kind != "u":
-                    raise CodecError(f"{who}: {datatype} data must be integers, got {arr.dtype}")
+                    # numpy infers float64 for e.g. [0, 2**63] and object for huge ints:
+                    # look again at the original Python ints.
+                    arr = _python_ints(data, arr, datatype, who)
                 info = np.iinfo(target)
                 if int(arr.min()) < info.min or int(arr.max()) > info.max:
                     raise CodecError(f"{who}: {datatype} data out of range [{info.min}, {info.max}]")

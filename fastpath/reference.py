@@ -277,12 +277,13 @@ def _flatten(data: Any, who: str) -> list[Any]:
 
 
 def _bf16_bits(values: np.ndarray) -> np.ndarray:
-    f32 = np.asarray(values, dtype="<f4")
+    f32 = np.asarray(values, dtype="<f4").reshape(-1)
     bits = f32.view("<u4").astype(np.uint64)
-    lsb = (bits >> 16) & 1
-    out = ((bits + 0x7FFF + lsb) >> 16).astype("<u2")
+    sixteen = np.uint64(16)
+    lsb = (bits >> sixteen) & np.uint64(1)
+    out = ((bits + np.uint64(0x7FFF) + lsb) >> sixteen).astype("<u2")
     nan = np.isnan(f32)
-    out[nan] = ((bits[nan] >> 16) | 0x40).astype("<u2")
+    out[nan] = ((bits[nan] >> sixteen) | np.uint64(0x40)).astype("<u2")
     return out
 
 
@@ -312,7 +313,10 @@ def json_to_raw(data: Any, datatype: str, shape: Sequence[int], name: str = "") 
                     raise CodecError(f"{who}: BOOL data must be booleans, got {arr.dtype}")
             elif datatype.startswith(("UINT", "INT")):
                 if arr.dtype.kind not in ("i", "u"):
-                    raise CodecError(f"{who}: {datatype} data must be integers, got {arr.dtype}")
+                    objs = np.asarray(data, dtype=object).reshape(-1) if arr.dtype.kind in "fO" else None
+                    if objs is None or not all(isinstance(x, int) for x in objs.tolist()):
+                        raise CodecError(f"{who}: {datatype} data must be integers, got {arr.dtype}")
+                    arr = objs
                 info = np.iinfo(target)
                 if not (info.min <= int(arr.min()) and int(arr.max()) <= info.max):
                     raise CodecError(f"{who}: {datatype} data out of range [{info.min}, {info.max}]")
