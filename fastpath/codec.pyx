@@ -645,8 +645,10 @@ def raw_to_json(buf, str datatype, shape, str name="") -> list:
         )
     if datatype == "BF16":
         bits = np.frombuffer(buf, dtype=_U2)
-        return (bits.astype(_U4) << 16).view(_F4).astype(_F8).tolist()
+        with np.errstate(all="ignore"):  # signalling NaNs are passed through, not warned about
+            return (bits.astype(_U4) << 16).view(_F4).astype(_F8).tolist()
     arr = np.frombuffer(buf, dtype=<object>_DTYPES[datatype])
     if datatype == "FP16":
-        return arr.astype(_F8).tolist()
+        with np.errstate(all="ignore"):
+            return arr.astype(_F8).tolist()
     return arr.tolist()

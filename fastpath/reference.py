@@ -344,12 +344,13 @@ def raw_to_json(buf: Any, datatype: str, shape: Sequence[int], name: str = "") -
         return out
     if len(mv) != count * itemsize:
         raise CodecError(f"{who}: {datatype} shape {_fmt(dims)} needs {count * itemsize} bytes, got {len(mv)}")
-    if datatype == "BF16":
-        bits = np.frombuffer(mv, dtype="<u2").astype("<u4") << 16
-        return bits.view("<f4").astype(float).tolist()
+    with np.errstate(all="ignore"):
+        if datatype == "BF16":
+            bits = np.frombuffer(mv, dtype="<u2").astype("<u4") << 16
+            return bits.view("<f4").astype(float).tolist()
+        if datatype == "FP16":
+            return np.frombuffer(mv, dtype="<f2").astype(float).tolist()
     arr = np.frombuffer(mv, dtype=_DTYPES[datatype])
-    if datatype == "FP16":
-        return arr.astype(float).tolist()
     return arr.tolist()
 
 
