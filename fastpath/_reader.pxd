@@ -5,7 +5,15 @@
 # raise (they run without the GIL); they return a status code and the caller raises an error
 # that names the tensor or message and the offset.
 
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+cdef extern from *:
+    """
+    /* Largest BYTES element a 4-byte length prefix can describe (as a C constant, so that
+       comparisons with it stay in C rather than becoming Python int comparisons). */
+    #define FP_U32_MAX ((int64_t)0xFFFFFFFFu)
+    """
+    const long long FP_U32_MAX
 
 cdef struct Reader:
     const unsigned char* buf

@@ -13,7 +13,7 @@ from libc.string cimport memcpy
 
 from fastpath._reader cimport Reader, R_OK, reader_init, reader_left, reader_bytes_element
 from fastpath.codec cimport (
-    FP_MAX_ELEMENTS, who_of, fmt_dims, shape_count, fixed_itemsize, get_buffer,
+    FP_MAX_ELEMENTS, index_as_int64, who_of, fmt_dims, shape_count, fixed_itemsize, get_buffer,
     raise_bytes_short,
 )
 
@@ -28,6 +28,26 @@ ELSE:
 
 cdef extern from "Python.h":
     object PyNumber_Index(object o)
+    object PyMemoryView_FromObject(object o)
+    Py_buffer* PyMemoryView_GET_BUFFER(object mv)
+
+
+cdef object _subview(object base, Py_ssize_t start, Py_ssize_t stop):
+    """``base[start:stop]`` for a 1-D unsigned-byte memoryview, without building a slice
+    object and two ints: a new view registered on ``base``'s managed buffer (so it keeps the
+    exporter alive, exactly as slicing does) whose own buf/len/shape are then narrowed."""
+    cdef object piece = PyMemoryView_FromObject(base)
+    cdef Py_buffer* src = PyMemoryView_GET_BUFFER(base)
+    cdef Py_buffer* dst = PyMemoryView_GET_BUFFER(piece)
+    dst.buf = <char*>src.buf + start
+    dst.len = stop - start
+    dst.shape[0] = stop - start
+    IF MESH_DEBUG:
+        if dst.ndim != 1 or dst.itemsize != 1 or dst.strides[0] != 1 or not dst.readonly:
+            raise RuntimeError("fastpath invariant: _subview needs a 1-D read-only byte view")
+        if bytes(piece) != bytes(base[start:stop]):
+            raise RuntimeError("fastpath invariant: _subview differs from slicing")
+    return piece
 
 # Above this many bytes the copy runs without the GIL.
 cdef Py_ssize_t _NOGIL_BYTES = 1 << 16
@@ -102,12 +122,9 @@ def split_raw(buf, str datatype, batch_sizes, shape_tail, str name="") -> list:
                 v = PyNumber_Index(sizes[i])
             except TypeError:
                 raise CodecError(f"{who}: batch sizes {fmt_dims(sizes)} must be integers") from None
-            if v < 0:
+            bs = index_as_int64(v)
+            if bs < 0:
                 raise CodecError(f"{who}: negative batch size {v} in {fmt_dims(sizes)}")
-            if v > FP_MAX_ELEMENTS:
-                bs = FP_MAX_ELEMENTS + 1
-            else:
-                bs = v
             if bs > 0 and tail > FP_MAX_ELEMENTS // bs:
                 piece = FP_MAX_ELEMENTS + 1
             else:
@@ -136,7 +153,7 @@ def split_raw(buf, str datatype, batch_sizes, shape_tail, str name="") -> list:
                     )
                 start = 0
                 for i in range(npieces):
-                    out.append(mv[start:start + counts[i] * itemsize])
+                    out.append(_subview(mv, start, start + counts[i] * itemsize))
                     start += counts[i] * itemsize
                 return out
             reader_init(&r, <const unsigned char*>view.buf, n)
@@ -149,7 +166,7 @@ def split_raw(buf, str datatype, batch_sizes, shape_tail, str name="") -> list:
                     if reader_bytes_element(&r, &data, &size) != R_OK:
                         raise_bytes_short(who, k, &r, size)
                     k += 1
-                out.append(mv[start:r.pos])
+                out.append(_subview(mv, start, r.pos))
             if reader_left(&r) != 0:
                 raise CodecError(
                     f"{who}: BYTES holds more than {total} elements "

@@ -13,6 +13,7 @@ cdef extern from *:
 
 cdef str who_of(str kind, str name)
 cdef str fmt_dims(object dims)
+cdef int64_t index_as_int64(object v) except? -2
 cdef int64_t shape_count(object shape, str who, list dims_out) except -1
 cdef Py_ssize_t fixed_itemsize(str datatype, str who) except -1
 cdef int get_buffer(object buf, Py_buffer* view, str who) except -1

@@ -15,7 +15,7 @@ from libc.stdint cimport int64_t, uint32_t
 from libc.string cimport memcpy
 
 from fastpath._reader cimport (
-    Reader, R_OK, reader_init, reader_left, reader_take, reader_bytes_element,
+    FP_U32_MAX, Reader, R_OK, reader_init, reader_left, reader_take, reader_bytes_element,
 )
 
 import numpy as np
@@ -30,6 +30,7 @@ cdef extern from "Python.h":
     bint PyList_CheckExact(object o)
     bint PyTuple_CheckExact(object o)
     object PyNumber_Index(object o)
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
     PyObject* PySequence_Fast_GET_ITEM(object o, Py_ssize_t i)
     Py_ssize_t PySequence_Fast_GET_SIZE(object o)
 
@@ -108,6 +109,20 @@ cdef str fmt_dims(object dims):
     return "[" + ",".join([str(d) for d in dims]) + "]"
 
 
+cdef int64_t index_as_int64(object v) except? -2:
+    """An int (from PyNumber_Index) as int64, clamped: below zero -> -1, above 2**40 ->
+    2**40 + 1, so callers compare in C."""
+    cdef int overflow = 0
+    cdef long long value = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if overflow > 0:
+        return FP_MAX_ELEMENTS + 1
+    if overflow < 0 or value < 0:
+        return -1
+    if value > FP_MAX_ELEMENTS:
+        return FP_MAX_ELEMENTS + 1
+    return value
+
+
 cdef int64_t shape_count(object shape, str who, list dims_out) except -1:
     """Validate ``shape`` and return its element count; append the dims (as ints) to
     ``dims_out`` unless it is None."""
@@ -131,11 +146,13 @@ cdef int64_t shape_count(object shape, str who, list dims_out) except -1:
             v = PyNumber_Index(item)
         except TypeError:
             raise CodecError(f"{who}: shape {fmt_dims(seq)} has a non-integer dimension {item!r}") from None
-        if v < 0:
+        d = index_as_int64(v)
+        if d < 0:
             raise CodecError(f"{who}: shape {fmt_dims(seq)} has negative dimension {v}")
-        if v > FP_MAX_ELEMENTS:
+        if d > FP_MAX_ELEMENTS:
             raise CodecError(f"{who}: shape {fmt_dims(seq)} is absurd (more than 2**40 elements)")
-        d = v
+        if d > 0 and total > FP_MAX_ELEMENTS // d:  # total * d would pass 2**40 (or overflow)
+            raise CodecError(f"{who}: shape {fmt_dims(seq)} is absurd (more than 2**40 elements)")
         total *= d
         if total > FP_MAX_ELEMENTS:
             raise CodecError(f"{who}: shape {fmt_dims(seq)} is absurd (more than 2**40 elements)")
@@ -371,7 +388,7 @@ cdef bytes _encode_fixed_width_U(const unsigned char* base, Py_ssize_t n, Py_ssi
             if cl == 0:
                 raise CodecError(f"tensor: BYTES element {i} is not encodable as UTF-8")
             elen += cl
-        if elen > 0xFFFFFFFF:
+        if elen > FP_U32_MAX:
             raise CodecError(
                 f"tensor: BYTES element {i} is {elen} bytes, over the 4 GiB length-prefix limit"
             )
@@ -400,6 +417,16 @@ cdef inline Py_ssize_t _element_ptr(object x, Py_ssize_t i, const char** ptr) ex
     """Pointer/size of one BYTES element (bytes, bytearray or str as UTF-8)."""
     cdef Py_ssize_t n
     if PyBytes_Check(x):
+        n = PyBytes_GET_SIZE(x)
+        if n <= FP_U32_MAX:
+            ptr[0] = PyBytes_AS_STRING(x)
+            return n
+    return _element_ptr_slow(x, i, ptr)
+
+
+cdef Py_ssize_t _element_ptr_slow(object x, Py_ssize_t i, const char** ptr) except -1:
+    cdef Py_ssize_t n
+    if PyBytes_Check(x):
         ptr[0] = PyBytes_AS_STRING(x)
         n = PyBytes_GET_SIZE(x)
     elif PyUnicode_Check(x):
@@ -412,7 +439,7 @@ cdef inline Py_ssize_t _element_ptr(object x, Py_ssize_t i, const char** ptr) ex
         n = PyByteArray_GET_SIZE(x)
     else:
         raise CodecError(f"tensor: BYTES element {i} must be bytes or str, got {type(x).__name__}")
-    if n > 0xFFFFFFFF:
+    if n > FP_U32_MAX:
         raise CodecError(f"tensor: BYTES element {i} is {n} bytes, over the 4 GiB length-prefix limit")
     return n
 

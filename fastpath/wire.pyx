@@ -10,7 +10,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint64_t
 
 from fastpath._reader cimport (
-    Reader, R_OK, R_SHORT, reader_init, reader_left, reader_take, reader_varint,
+    FP_U32_MAX, Reader, R_OK, R_SHORT, reader_init, reader_left, reader_take, reader_varint,
 )
 
 from fastpath.errors import WireError
@@ -42,7 +42,7 @@ cdef int next_field(Reader* r, unsigned int* field, int* wire_type,
     status = reader_varint(r, &tag)
     if status != R_OK:
         _varint_error(r, status, "tag")
-    if tag > 0xFFFFFFFF:
+    if tag > <uint64_t>FP_U32_MAX:
         raise WireError(f"{_MSG}: tag {tag} out of range at byte {at}")
     field[0] = <unsigned int>(tag >> 3)
     wire_type[0] = <int>(tag & 7)
