@@ -204,6 +204,9 @@ def test_delete_with_cas(backend: Backend) -> None:
         assert await s.delete(k, cas=v2.modify_index)
         assert await s.get(k) is None
         assert await s.delete(ctx.key("never-there"))  # plain delete is idempotent
+        # So is a check-and-set delete of a key that is already gone (Consul's answer).
+        assert await s.delete(k, cas=v2.modify_index)
+        assert await s.delete(ctx.key("never-there"), cas=0)
 
     backend.run(body)
 

@@ -117,7 +117,7 @@ class ConsulStore(Store):
         scheme: str = "http",
         token: str | None = None,
         verify: bool | str = True,
-        max_workers: int = 32,
+        max_workers: int = 32,  # concurrent blocking queries (watch, services)
     ) -> None:
         if scheme not in ("http", "https"):
             raise StoreError(f"Consul scheme must be http or https, got {scheme!r}")
@@ -128,7 +128,11 @@ class ConsulStore(Store):
         self._verify = verify
         self.address = f"{scheme}://{host}:{port}"
         self._local = threading.local()
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="consul-store")
+        # Blocking queries hold a thread for up to their wait (longer when their
+        # task was cancelled: the thread cannot be interrupted), so they get their
+        # own pool and never starve the short calls.
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="consul-store")
+        self._blocking = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="consul-watch")
         self._closed = False
 
     @classmethod
@@ -184,7 +188,7 @@ class ConsulStore(Store):
             self._local.client = client
         return client
 
-    async def _run(self, what: str, fn: Callable[[consul.Consul], T]) -> T:
+    async def _run(self, what: str, fn: Callable[[consul.Consul], T], *, blocking: bool = False) -> T:
         """Run ``fn(client)`` on a worker thread, translating Consul's failures."""
         if self._closed:
             raise StoreError(f"{self!r} is closed")
@@ -194,7 +198,7 @@ class ConsulStore(Store):
 
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, call)
+            return await loop.run_in_executor(self._blocking if blocking else self._executor, call)
         except (requests.ConnectionError, requests.Timeout, consul.Timeout) as exc:
             raise StoreUnavailable(
                 f"Consul at {self.address} did not answer while {what} ({type(exc).__name__}); "
@@ -263,7 +267,7 @@ class ConsulStore(Store):
             wait = _duration(remaining)
             new_index, entries = await self._run(
                 f"watching prefix {prefix!r}",
-                functools.partial(_blocking_kv, prefix=prefix, index=index, wait=wait))
+                functools.partial(_blocking_kv, prefix=prefix, index=index, wait=wait), blocking=True)
             # A smaller index means Consul's state was reset (e.g. a restarted
             # dev agent): report it as a change so the caller re-reads from scratch.
             if new_index != index:
@@ -337,7 +341,7 @@ class ConsulStore(Store):
             query = functools.partial(
                 _health_service, name=name, passing=passing_only,
                 index=index if blocking else None, wait=_duration(remaining) if blocking else None)
-            new_index, nodes = await self._run(f"querying service {name!r}", query)
+            new_index, nodes = await self._run(f"querying service {name!r}", query, blocking=blocking)
             new_index = int(new_index)
             if not blocking or new_index != index or time.monotonic() >= deadline:
                 out = [_instance(n) for n in nodes or ()]
@@ -397,6 +401,7 @@ class ConsulStore(Store):
         self._closed = True
         # Blocking queries already on a worker finish on their own (bounded by their wait).
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._blocking.shutdown(wait=False, cancel_futures=True)
 
 
 def _blocking_kv(c: consul.Consul, *, prefix: str, index: int, wait: str) -> tuple[int, Any]:

@@ -120,7 +120,7 @@ class MemoryStore(Store):
     async def delete(self, key: str, *, cas: int | None = None) -> bool:
         self._cond()
         old = self._kv.get(key)
-        if cas is not None and (old is None or old.modify_index != cas):
+        if cas is not None and old is not None and old.modify_index != cas:
             return False
         if old is None:
             return True
