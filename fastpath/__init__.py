@@ -8,28 +8,26 @@ the slow pure-Python twins in ``fastpath.reference`` (which exist for tests only
 from __future__ import annotations
 
 try:
-    from fastpath import batch as _batch, codec as _codec, wire as _wire  # noqa: F401
+    from fastpath.batch import merge_raw, split_raw
+    from fastpath.codec import (
+        DATATYPE_SIZES,
+        datatype_of,
+        decode_bytes,
+        decode_tensor,
+        element_count,
+        encode_bytes,
+        encode_tensor,
+        json_to_raw,
+        numpy_dtype,
+        raw_to_json,
+    )
+    from fastpath.wire import scan_fields, scan_model
 except ImportError as exc:  # not built: fail loudly, never fall back to fastpath.reference
     raise ImportError(
         "fastpath's compiled extensions are missing or broken; build them with "
         "`python setup.py build_ext --inplace` (or pip install the project)"
     ) from exc
-
-from fastpath.batch import merge_raw, split_raw
-from fastpath.codec import (
-    DATATYPE_SIZES,
-    datatype_of,
-    decode_bytes,
-    decode_tensor,
-    element_count,
-    encode_bytes,
-    encode_tensor,
-    json_to_raw,
-    numpy_dtype,
-    raw_to_json,
-)
 from fastpath.errors import CodecError, WireError
-from fastpath.wire import scan_fields, scan_model
 
 __all__ = [
     "DATATYPE_SIZES",

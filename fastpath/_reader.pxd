@@ -89,8 +89,7 @@ cdef inline int reader_varint(Reader* r, uint64_t* out) noexcept nogil:
         if p == NULL:
             r.pos = start
             return R_SHORT
-        if i < 10:
-            value |= (<uint64_t>(p[0] & 0x7F)) << (7 * i)
+        value |= (<uint64_t>(p[0] & 0x7F)) << (7 * i)
         if not (p[0] & 0x80):
             out[0] = value
             return R_OK

@@ -1,5 +1,6 @@
 """Type stubs for the compiled fastpath.batch extension."""
-from typing import Final, Iterable, Sequence, SupportsIndex
+from collections.abc import Iterable, Sequence
+from typing import Final, SupportsIndex
 
 from typing_extensions import Buffer
 

@@ -1,9 +1,9 @@
 """Type stubs for the compiled fastpath.codec extension."""
-from typing import Any, Final, Iterable, SupportsIndex
+from collections.abc import Iterable
+from typing import Any, Final, SupportsIndex
 
 import numpy as np
 from numpy.typing import NDArray
-
 from typing_extensions import Buffer
 
 __all__ = [

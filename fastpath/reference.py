@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import operator
 import struct
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 

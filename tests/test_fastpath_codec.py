@@ -47,6 +47,23 @@ def test_compiled_modules_are_compiled() -> None:
     assert isinstance(fast.DEBUG, bool)
 
 
+def test_unbuilt_package_fails_loudly(tmp_path: Any) -> None:
+    """Without the compiled modules, `import fastpath` raises; it never uses the reference."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(fast.__file__).parent
+    (tmp_path / "fastpath").mkdir()
+    for py in src.glob("*.py"):
+        shutil.copy(py, tmp_path / "fastpath" / py.name)
+    proc = subprocess.run([sys.executable, "-c", "import fastpath"], cwd=tmp_path, check=False,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode != 0
+    assert "compiled extensions are missing" in proc.stderr
+
+
 def test_datatype_tables() -> None:
     assert fast.DATATYPE_SIZES == ref.DATATYPE_SIZES
     assert "BYTES" not in fast.DATATYPE_SIZES

@@ -20,15 +20,16 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import numpy as np  # noqa: E402  (after the sys.path tweak above)
+import numpy as np
 
-from fastpath import batch, codec, wire  # noqa: E402
-from fastpath.errors import CodecError, WireError  # noqa: E402
+from fastpath import batch, codec, wire
+from fastpath.errors import CodecError, WireError
 
 DATATYPES = sorted(codec.DATATYPE_SIZES) + ["BYTES"]
 EXPECTED = (CodecError, WireError)
@@ -174,7 +175,7 @@ def _random_driver(argv: list[str]) -> int:
         data = _mutate(rng, base, pool) if rng.random() < 0.9 else rng.randbytes(rng.randint(0, 64))
         try:
             test_one_input(data)
-        except Exception:
+        except Exception:  # noqa: BLE001  (any exception escaping the target is a finding)
             traceback.print_exc()
             crash = Path(f"crash-{int(time.time())}")
             crash.write_bytes(data)
