@@ -54,22 +54,34 @@ class MemoryStore(Store):
         self._services_index = 1
         self._sessions: dict[str, _Session] = {}
         self._lock_delay_until: dict[str, float] = {}
-        self._changed: asyncio.Condition | None = None
+        # Replaced on every change: waiters hold the current one and wake when it is set.
+        self._changed: asyncio.Event | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._http: object | None = None
         self._http_tasks: dict[str, asyncio.Task[None]] = {}
 
     # -- plumbing ----------------------------------------------------------
-    def _cond(self) -> asyncio.Condition:
+    def _event(self) -> asyncio.Event:
         if self._changed is None:
-            self._changed = asyncio.Condition()
+            self._changed = asyncio.Event()
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
         return self._changed
 
     async def _notify(self) -> None:
-        cond = self._cond()
-        async with cond:
-            cond.notify_all()
+        event = self._event()
+        self._changed = asyncio.Event()
+        event.set()
+
+    async def _wait_change(self, deadline: float) -> bool:
+        """Wait for the next change; False once the deadline has passed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        try:
+            await asyncio.wait_for(self._event().wait(), remaining)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     def _bump(self) -> int:
         self._index += 1
@@ -93,16 +105,16 @@ class MemoryStore(Store):
 
     # -- key/value -----------------------------------------------------------
     async def get(self, key: str) -> KV | None:
-        self._cond()
+        self._event()
         return self._kv.get(key)
 
     async def list(self, prefix: str) -> tuple[int, list[KV]]:
-        self._cond()
+        self._event()
         items = [kv for k, kv in sorted(self._kv.items()) if k.startswith(prefix)]
         return self._index, items
 
     async def put(self, key: str, value: bytes, *, cas: int | None = None) -> bool:
-        self._cond()
+        self._event()
         if not isinstance(value, (bytes, bytearray)):
             raise StoreError(f"value for {key!r} must be bytes, got {type(value).__name__}")
         old = self._kv.get(key)
@@ -118,7 +130,7 @@ class MemoryStore(Store):
         return True
 
     async def delete(self, key: str, *, cas: int | None = None) -> bool:
-        self._cond()
+        self._event()
         old = self._kv.get(key)
         if cas is not None and old is not None and old.modify_index != cas:
             return False
@@ -129,7 +141,7 @@ class MemoryStore(Store):
         return True
 
     async def delete_prefix(self, prefix: str) -> None:
-        self._cond()
+        self._event()
         keys = [k for k in self._kv if k.startswith(prefix)]
         if not keys:
             return
@@ -140,22 +152,16 @@ class MemoryStore(Store):
         await self._notify()
 
     async def watch(self, prefix: str, index: int, timeout: float) -> tuple[int, list[KV]]:
-        cond = self._cond()
+        self._event()
         deadline = time.monotonic() + timeout
-        async with cond:
-            while not self._changed_since(prefix, index):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(cond.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
+        while not self._changed_since(prefix, index):
+            if not await self._wait_change(deadline):
+                break
         return await self.list(prefix)
 
     # -- services --------------------------------------------------------------
     async def register_service(self, reg: ServiceRegistration) -> None:
-        self._cond()
+        self._event()
         now = time.monotonic()
         # Like Consul, a (re-)registered TTL check starts critical until first pass.
         svc = _Service(reg, ttl_deadline=now, ttl_status="critical", critical_since=now)
@@ -168,7 +174,7 @@ class MemoryStore(Store):
         await self._services_changed()
 
     async def deregister_service(self, service_id: str) -> None:
-        self._cond()
+        self._event()
         if self._services.pop(service_id, None) is not None:
             task = self._http_tasks.pop(service_id, None)
             if task:
@@ -182,7 +188,7 @@ class MemoryStore(Store):
         await self._set_ttl(service_id, "critical")
 
     async def _set_ttl(self, service_id: str, status: str) -> None:
-        self._cond()
+        self._event()
         svc = self._services.get(service_id)
         if svc is None:
             raise StoreError(f"no service {service_id!r} is registered; register it first")
@@ -204,18 +210,12 @@ class MemoryStore(Store):
     async def services(
         self, name: str, *, passing_only: bool = False, index: int = 0, timeout: float = 0.0
     ) -> tuple[int, list[ServiceInstance]]:
-        cond = self._cond()
+        self._event()
         if index > 0 and timeout > 0:
             deadline = time.monotonic() + timeout
-            async with cond:
-                while self._services_index <= index:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        await asyncio.wait_for(cond.wait(), remaining)
-                    except asyncio.TimeoutError:
-                        break
+            while self._services_index <= index:
+                if not await self._wait_change(deadline):
+                    break
         out = [
             ServiceInstance(s.reg.service_id, s.reg.name, s.reg.address, s.reg.port,
                             dict(s.reg.meta), s.status)
@@ -253,7 +253,7 @@ class MemoryStore(Store):
 
     # -- sessions ------------------------------------------------------------
     async def create_session(self, name: str, ttl_s: float, lock_delay_s: float) -> str:
-        self._cond()
+        self._event()
         sid = str(uuid.uuid4())
         self._sessions[sid] = _Session(name, ttl_s, lock_delay_s, time.monotonic() + ttl_s)
         return sid
@@ -280,7 +280,7 @@ class MemoryStore(Store):
         await self._notify()
 
     async def acquire(self, key: str, value: bytes, session_id: str) -> bool:
-        self._cond()
+        self._event()
         sess = self._sessions.get(session_id)
         if sess is None:
             raise StoreError(f"session {session_id} does not exist (expired?); create a new one")
