@@ -162,7 +162,7 @@ class TritonProcess:
             f"--grpc-address={self.cfg.host}", f"--grpc-port={self.grpc_port}",
             f"--metrics-address={self.cfg.host}", f"--metrics-port={self.metrics_port}",
             "--exit-on-error=false",
-            "--strict-readiness=true",
+            "--strict-readiness=false",  # server readiness must not depend on a loading model
             "--log-verbose=0",
         ]
         if backend_dir:

@@ -40,8 +40,9 @@ import os
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import consul
 import requests
@@ -80,7 +81,7 @@ _STATUS_RANK = {"passing": 0, "warning": 1, "critical": 2}
 
 def _duration(seconds: float) -> str:
     """A Go duration string Consul accepts, with millisecond resolution."""
-    return f"{max(0, int(round(seconds * 1000)))}ms"
+    return f"{max(0, round(seconds * 1000))}ms"
 
 
 def _check_id(service_id: str) -> str:

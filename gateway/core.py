@@ -1,0 +1,172 @@
+"""The inference core: transport-free routing of KServe v2 calls to replicas.
+
+The gRPC servicer and the HTTP bridge are thin adapters over this class. ModelInfer
+bodies travel as the bytes the client sent: the core reads only ``model_name``
+(a wire scan, no parse) and forwards the same bytes to the chosen Triton.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+
+import grpc
+
+from fastpath.errors import WireError
+from fastpath.wire import scan_model
+from gateway.metrics import GatewayMetrics
+from gateway.routing import Endpoint, RoutingTable
+from gateway.upstream import UpstreamPool
+from mesh.errors import InvalidInput, MeshError, ModelNotFound, NoReadyReplica
+from meshproto import inference_pb2 as pb
+
+__all__ = ["InferenceCore", "UpstreamStatus"]
+
+log = logging.getLogger(__name__)
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+
+
+class UpstreamStatus(MeshError):
+    """Triton answered with an error: its status and message are passed on as they are."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.grpc_code = code
+        from mesh.errors import GRPC_TO_HTTP
+        self.http_status = GRPC_TO_HTTP.get(code, 500)
+
+
+class InferenceCore:
+    def __init__(self, routing: RoutingTable, upstream: UpstreamPool, metrics: GatewayMetrics) -> None:
+        self.routing = routing
+        self.upstream = upstream
+        self.metrics = metrics
+        self._http: aiohttp.ClientSession | None = None
+
+    # -- inference -------------------------------------------------------------
+    async def infer_raw(self, body: bytes, timeout: float | None, protocol: str = "grpc") -> bytes:
+        """Serialized ModelInferRequest in, serialized ModelInferResponse out."""
+        try:
+            model, _version = scan_model(body)
+        except WireError as exc:
+            raise InvalidInput(f"malformed ModelInferRequest: {exc}") from exc
+        if not model:
+            raise InvalidInput("ModelInferRequest has no model_name")
+        return await self._forward(model, "ModelInfer", body, timeout, protocol)
+
+    async def infer(self, req: pb.ModelInferRequest, timeout: float | None, protocol: str = "http"
+                    ) -> pb.ModelInferResponse:
+        raw = await self._forward(req.model_name, "ModelInfer", req.SerializeToString(), timeout, protocol)
+        resp = pb.ModelInferResponse()
+        resp.ParseFromString(raw)
+        return resp
+
+    async def _forward(self, model: str, method: str, body: bytes, timeout: float | None, protocol: str) -> bytes:
+        m = self.metrics
+        m.requests.labels(model, protocol).inc()
+        gauge = m.in_flight.labels(model)
+        gauge.inc()
+        t0 = time.perf_counter()
+        try:
+            return await self._call_with_retry(model, method, body, timeout)
+        except MeshError as exc:
+            m.errors.labels(model, protocol, exc.grpc_code.name).inc()
+            raise
+        finally:
+            gauge.dec()
+            m.latency.labels(model, protocol).observe(time.perf_counter() - t0)
+
+    async def _call_with_retry(self, model: str, method: str, body: bytes, timeout: float | None) -> bytes:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ep = self._pick(model)
+        try:
+            return await self._call(ep, method, body, timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in _RETRYABLE:
+                raise UpstreamStatus(exc.code(), exc.details() or "") from exc
+            first = exc
+        # One retry on another replica, within what is left of the deadline.
+        route = self.routing.route(model)
+        other = route.pick(exclude=ep.node) if route else None
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if other is None or (remaining is not None and remaining <= 0):
+            raise UpstreamStatus(grpc.StatusCode.UNAVAILABLE,
+                                 f"replica of {model!r} on {ep.node} ({ep.address}) is unavailable: "
+                                 f"{first.details()}") from first
+        self.metrics.retries.labels(model).inc()
+        log.warning("retrying %s for %s on %s after UNAVAILABLE from %s", method, model, other.node, ep.node)
+        try:
+            return await self._call(other, method, body, remaining)
+        except grpc.aio.AioRpcError as exc:
+            raise UpstreamStatus(exc.code(), exc.details() or "") from exc
+
+    async def _call(self, ep: Endpoint, method: str, body: bytes, timeout: float | None) -> bytes:
+        ep.outstanding += 1
+        try:
+            return await self.upstream.raw(ep.address, method)(body, timeout=timeout)
+        finally:
+            ep.outstanding -= 1
+
+    def _pick(self, model: str) -> Endpoint:
+        route = self.routing.route(model)
+        if route is None:
+            known = ", ".join(sorted(self.routing.routes)) or "none"
+            raise ModelNotFound(f"unknown model '{model}': it is not deployed (deployed: {known})")
+        ep = route.pick()
+        if ep is None:
+            raise NoReadyReplica(f"model '{model}' has no ready replica ({len(route.endpoints)}/"
+                                 f"{route.expected} ready): {route.why_none}")
+        return ep
+
+    # -- metadata, forwarded to any ready replica -------------------------------
+    async def forward_model_call(self, model: str, method: str, body: bytes, timeout: float | None) -> bytes:
+        ep = self._pick(model)
+        try:
+            return await self._call(ep, method, body, timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise UpstreamStatus(exc.code(), exc.details() or "") from exc
+
+    async def model_ready(self, model: str, version: str, timeout: float | None) -> bool:
+        route = self.routing.route(model)
+        if route is None or not route.endpoints:
+            return False
+        body = pb.ModelReadyRequest(name=model, version=version).SerializeToString()
+        try:
+            raw = await self.forward_model_call(model, "ModelReady", body, timeout)
+        except MeshError:
+            return False
+        return pb.ModelReadyResponse.FromString(raw).ready
+
+    async def model_config_json(self, model: str, version: str, timeout: float | None) -> tuple[int, bytes]:
+        ep = self._pick(model)
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/config"
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        try:
+            async with self._http.get(f"http://{ep.http_address}{path}",
+                                      timeout=aiohttp.ClientTimeout(total=timeout or 30)) as resp:
+                return resp.status, await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise UpstreamStatus(grpc.StatusCode.UNAVAILABLE,
+                                 f"replica of {model!r} on {ep.node} ({ep.http_address}) did not answer: {exc!r}"
+                                 ) from exc
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    def repository_index(self, ready_only: bool) -> pb.RepositoryIndexResponse:
+        out = pb.RepositoryIndexResponse()
+        for name in sorted(self.routing.routes):
+            route = self.routing.routes[name]
+            ready = bool(route.endpoints)
+            if ready_only and not ready:
+                continue
+            out.models.add(name=name, state="READY" if ready else "UNAVAILABLE",
+                           reason="" if ready else route.why_none)
+        return out
+
+    def server_ready(self) -> bool:
+        return self.routing.synced.is_set()

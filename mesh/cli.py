@@ -1,0 +1,222 @@
+"""meshctl: run the embedded mesh (`up`) and operate a running one.
+
+    meshctl up [--store URL]           scheduler + node agent (+ Triton) + gateway in one process
+    meshctl apply -f SPEC [--wait]     deploy or update a model
+    meshctl get models|nodes [--json]  what runs where
+    meshctl delete MODEL
+    meshctl scale MODEL --min N [--max M]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import yaml
+from google.protobuf import json_format
+
+from mesh.errors import SpecError
+from mesh.spec import load_spec_file
+
+__all__ = ["main"]
+
+DEFAULT_CONTROL = "127.0.0.1:8010"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="meshctl", description="Operate the Triton model-serving mesh.")
+    p.add_argument("--control", default=os.environ.get("MESH_CONTROL_ADDR", DEFAULT_CONTROL),
+                   help="scheduler control API host:port (env MESH_CONTROL_ADDR; default %(default)s)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    up = sub.add_parser("up", help="run scheduler, one node agent with its Triton, and a gateway in one process")
+    up.add_argument("--store", default=None, help="memory:// (default) or consul://HOST:PORT")
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    up.add_argument("--http-port", type=int, default=8000)
+    up.add_argument("--grpc-port", type=int, default=8001)
+    up.add_argument("--metrics-port", type=int, default=8002)
+    up.add_argument("--control-port", type=int, default=None, help="scheduler control API port (default: from --control)")
+    up.add_argument("--agent-port", type=int, default=0, help="node agent control API port (default: any free)")
+    up.add_argument("--node-id", default=socket.gethostname())
+    up.add_argument("--work-dir", default=None, help="Triton model repository and logs (default: a temp dir)")
+    up.add_argument("--triton-bin", default=None, help="tritonserver binary (default: the one in nvidia-pytriton)")
+    up.add_argument("--log-level", default="INFO")
+
+    ap = sub.add_parser("apply", help="deploy or update a model from an InferenceService spec")
+    ap.add_argument("-f", "--file", required=True)
+    ap.add_argument("--wait", action="store_true", help="return when minReplicas replicas are ready")
+    ap.add_argument("--timeout", type=float, default=300.0)
+
+    get = sub.add_parser("get", help="list models or nodes")
+    get.add_argument("what", choices=["models", "nodes", "model"])
+    get.add_argument("name", nargs="?")
+    get.add_argument("--json", action="store_true")
+
+    de = sub.add_parser("delete", help="remove a model and unload its replicas")
+    de.add_argument("model")
+
+    sc = sub.add_parser("scale", help="set a model's replica bounds")
+    sc.add_argument("model")
+    sc.add_argument("--min", type=int, required=True)
+    sc.add_argument("--max", type=int, default=0)
+
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "up":
+            return _up(args)
+        return asyncio.run(_client(args))
+    except SpecError as exc:
+        print(f"meshctl: invalid spec: {exc}", file=sys.stderr)
+        return 2
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            print(f"meshctl: cannot reach the scheduler at {args.control}: {exc.details()}\n"
+                  f"  is `meshctl up` (or mesh-scheduler) running? set --control or MESH_CONTROL_ADDR", file=sys.stderr)
+        else:
+            print(f"meshctl: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- up ----------------------------------------------------------------------------
+def _up(args: argparse.Namespace) -> int:
+    from mesh.runtime import run_components, setup_logging, store_url_from
+    from mesh.store import open_store
+    from gateway.server import Gateway, GatewayConfig
+    from node_agent.agent import AgentConfig
+    from node_agent.app import NodeAgentApp
+    from node_agent.capacity import detect_capacity
+    from node_agent.triton import TritonConfig
+    from scheduler.app import SchedulerApp
+
+    setup_logging(args.log_level)
+    control_port = args.control_port if args.control_port is not None else int(args.control.rsplit(":", 1)[1])
+
+    async def run() -> None:
+        store = open_store(store_url_from(args.store))
+        work = Path(args.work_dir or tempfile.mkdtemp(prefix="meshctl-up-"))
+        agent_cfg = AgentConfig(
+            node_id=args.node_id, work_dir=work, host=args.host, capacity=detect_capacity(),
+            triton=TritonConfig(work_dir=work / "triton", host="127.0.0.1", triton_bin=args.triton_bin))
+        scheduler = SchedulerApp(store, identity=f"{args.node_id}-scheduler", host=args.host, port=control_port,
+                                 lock_ttl_s=10.0)
+        agent = NodeAgentApp(agent_cfg, store, control_port=args.agent_port)
+        gateway = Gateway(GatewayConfig(host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+                                        metrics_port=args.metrics_port), store)
+
+        async def ready() -> None:
+            print(f"mesh is up (store {store_url_from(args.store)}, work dir {work}):\n"
+                  f"  KServe v2 gRPC  {args.host}:{gateway.grpc_port}\n"
+                  f"  KServe v2 HTTP  http://{args.host}:{gateway.http_port}\n"
+                  f"  metrics         http://{args.host}:{gateway.metrics_port}/metrics\n"
+                  f"  control API     {args.host}:{scheduler.port}  (meshctl apply -f SPEC)\n"
+                  f"Ctrl-C stops everything.", flush=True)
+
+        await run_components([scheduler, agent, gateway], on_ready=ready, close=store.close)
+
+    asyncio.run(run())
+    return 0
+
+
+# -- client commands -----------------------------------------------------------------
+async def _client(args: argparse.Namespace) -> int:
+    from meshproto import control_pb2 as cpb
+    from meshproto import control_pb2_grpc as cpb_grpc
+
+    async with grpc.aio.insecure_channel(args.control) as ch:
+        stub = cpb_grpc.SchedulerStub(ch)
+        if args.cmd == "apply":
+            spec = load_spec_file(args.file)
+            doc = yaml.safe_load(Path(args.file).read_text())
+            doc["spec"]["predictor"]["model"]["storageUri"] = spec.storage_uri  # resolved, absolute
+            resp = await stub.Apply(cpb.ApplyRequest(spec=json.dumps(doc)), timeout=30)
+            print(f"model {resp.model} {'created' if resp.created else 'updated'} (generation {resp.generation})")
+            if args.wait:
+                return await _wait_ready(stub, resp.model, resp.generation, args.timeout)
+            return 0
+        if args.cmd == "delete":
+            await stub.Delete(cpb.DeleteRequest(model=args.model), timeout=30)
+            print(f"model {args.model} deleted")
+            return 0
+        if args.cmd == "scale":
+            r = await stub.Scale(cpb.ScaleRequest(model=args.model, min_replicas=args.min, max_replicas=args.max),
+                                 timeout=30)
+            print(f"model {args.model} scaled (generation {r.generation})")
+            return 0
+        if args.what in ("models", "model"):
+            models = (await stub.GetModels(cpb.GetModelsRequest(name=args.name or ""), timeout=30)).models
+            if args.json:
+                print(json.dumps([json_format.MessageToDict(m, preserving_proto_field_name=True) for m in models],
+                                 indent=2))
+            else:
+                _print_models(models)
+            return 0
+        nodes = (await stub.GetNodes(cpb.GetNodesRequest(), timeout=30)).nodes
+        if args.json:
+            print(json.dumps([json_format.MessageToDict(n, preserving_proto_field_name=True) for n in nodes], indent=2))
+        else:
+            _print_nodes(nodes)
+        return 0
+
+
+async def _wait_ready(stub, model: str, generation: int, timeout: float) -> int:  # type: ignore[no-untyped-def]
+    from meshproto import control_pb2 as cpb
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        views = (await stub.GetModels(cpb.GetModelsRequest(name=model), timeout=30)).models
+        v = views[0]
+        failed = [r for r in v.replicas if r.state == "failed"]
+        if v.ready_replicas >= v.min_replicas and v.generation >= generation and not v.unplaced_reasons:
+            print(f"model {model}: {v.ready_replicas}/{v.min_replicas} replicas ready")
+            return 0
+        if failed:
+            print(f"meshctl: model {model} failed to load on {failed[0].node}: {failed[0].error}", file=sys.stderr)
+            return 1
+        msg = f"waiting: {v.ready_replicas}/{v.min_replicas} ready" + (
+            f"; unplaced: {v.unplaced_reasons[0]}" if v.unplaced_reasons else "")
+        if msg != last:
+            print(msg, file=sys.stderr)
+            last = msg
+        await asyncio.sleep(0.3)
+    print(f"meshctl: timed out after {timeout:.0f}s waiting for {model}: {last}", file=sys.stderr)
+    return 1
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _print_models(models) -> None:  # type: ignore[no-untyped-def]
+    rows = [["NAME", "READY", "MIN", "MAX", "REPLICAS", "STATUS"]]
+    for m in models:
+        reps = ",".join(f"{r.node}:{r.state}" for r in m.replicas) or "-"
+        status = m.unplaced_reasons[0] if m.unplaced_reasons else ("Ready" if m.ready_replicas >= m.min_replicas else "Progressing")
+        rows.append([m.name, f"{m.ready_replicas}/{len(m.replicas)}", str(m.min_replicas), str(m.max_replicas), reps, status])
+    _table(rows)
+
+
+def _print_nodes(nodes) -> None:  # type: ignore[no-untyped-def]
+    rows = [["NODE", "ADDRESS", "HEALTH", "SCHED", "CPU(used/total)", "MEMORY(used/total)", "GPUS", "MODELS"]]
+    for n in nodes:
+        rows.append([n.node_id, n.address, "healthy" if n.healthy else "critical",
+                     "cordoned" if n.cordoned else "ok",
+                     f"{n.used_cpu_millis}m/{n.cpu_millis}m",
+                     f"{n.used_memory_bytes >> 20}Mi/{n.memory_bytes >> 20}Mi",
+                     str(n.gpu_count), ",".join(n.models) or "-"])
+    _table(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""The node agent's control API (mesh.control.v1.NodeAgent)."""
+from __future__ import annotations
+
+import grpc
+
+from meshproto import control_pb2 as cpb
+from meshproto import control_pb2_grpc as cpb_grpc
+from node_agent.agent import NodeAgent
+
+__all__ = ["NodeAgentService"]
+
+
+class NodeAgentService(cpb_grpc.NodeAgentServicer):
+    def __init__(self, agent: NodeAgent) -> None:
+        self.agent = agent
+
+    async def Status(self, request: cpb.NodeStatusRequest, context: grpc.aio.ServicerContext) -> cpb.NodeStatusResponse:
+        a = self.agent
+        replicas = [cpb.ReplicaView(replica_id=m, node=a.cfg.node_id, version=v, state=s, error=e)
+                    for m, (v, s, e) in sorted(a.replica_states().items())]
+        return cpb.NodeStatusResponse(node_id=a.cfg.node_id, triton_ready=await a.triton.ready(),
+                                      triton_restarts=a.triton.restarts, replicas=replicas, cordoned=a.cordoned)
+
+    async def Drain(self, request: cpb.DrainRequest, context: grpc.aio.ServicerContext) -> cpb.DrainResponse:
+        await self.agent.set_cordon(not request.undo)
+        verb = "uncordoned" if request.undo else "cordoned"
+        return cpb.DrainResponse(ok=True, message=f"node {self.agent.cfg.node_id} {verb}")
