@@ -15,11 +15,13 @@ import asyncio
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
+from support.consul import ConsulAgent, consul_agent  # noqa: F401  (pytest fixture)
 
 from mesh.store import (
     KV,
@@ -31,7 +33,6 @@ from mesh.store import (
     StoreUnavailable,
 )
 from mesh.store.consul import ConsulStore
-from support.consul import ConsulAgent, consul_agent  # noqa: F401  (pytest fixture)
 
 BACKENDS = ["memory", "consul"]
 

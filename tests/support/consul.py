@@ -21,8 +21,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -43,8 +43,8 @@ def consul_binary() -> str:
     global _binary
     if _binary is None:
         proc = subprocess.run(
-            ["bash", str(BUILD_SCRIPT)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+            ["bash", str(BUILD_SCRIPT)], cwd=REPO_ROOT, capture_output=True, text=True,
+            timeout=BUILD_TIMEOUT_S, check=False)
         path = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
         if proc.returncode != 0 or not path or not os.access(path, os.X_OK):
             raise RuntimeError(
@@ -163,7 +163,7 @@ class ConsulAgent:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def __enter__(self) -> ConsulAgent:
+    def __enter__(self) -> ConsulAgent:  # noqa: PYI034  (Self needs 3.11; not subclassed)
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
