@@ -118,6 +118,10 @@ def _place_model(
     missing = want - len(kept)
     if missing > 1:
         unplaced = unplaced * missing
+    if old is not None and len(old.unplaced) == len(unplaced):
+        # Same shortfall as before: keep its wording, so a reason that changes only
+        # because other models moved does not rewrite the placement (no churn).
+        unplaced = list(old.unplaced)
     generation = spec.generation
     return Placement(spec.name, generation, tuple(kept), tuple(unplaced)), why
 

@@ -1,0 +1,126 @@
+"""The placement core, tested directly: table cases plus safety properties."""
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.types import ModelSpec, NodeInfo, Placement, Resources
+from scheduler.placement import Snapshot, plan
+
+GI = 1 << 30
+
+
+def node(nid: str, cpu: int = 4000, mem: int = 16 * GI, cordoned: bool = False, **labels: str) -> NodeInfo:
+    return NodeInfo(nid, f"{nid}:8001", f"{nid}:8000", Resources(cpu, mem), dict(labels), cordoned)
+
+
+def spec(name: str, n: int = 1, cpu: int = 1000, mem: int = GI, maxr: int | None = None, **sel: str) -> ModelSpec:
+    return ModelSpec(name, f"/models/{name}", n, maxr or max(n, 1), Resources(cpu, mem), node_selector=dict(sel),
+                     generation=1)
+
+
+def snap(specs: list[ModelSpec], nodes: list[NodeInfo], healthy: set[str] | None = None,
+         placements: dict[str, Placement] | None = None) -> Snapshot:
+    return Snapshot({s.name: s for s in specs}, {n.node_id: n for n in nodes},
+                    frozenset(healthy if healthy is not None else {n.node_id for n in nodes}), placements or {})
+
+
+def apply(s: Snapshot) -> Snapshot:
+    p = plan(s)
+    pls = {**s.placements, **p.placements}
+    for m in p.deletions:
+        pls.pop(m)
+    return dataclasses.replace(s, placements=pls)
+
+
+def nodes_of(s: Snapshot, model: str) -> list[str]:
+    return sorted(r.node for r in s.placements[model].replicas)
+
+
+def test_replicas_spread_over_distinct_nodes() -> None:
+    s = apply(snap([spec("m", 2)], [node("a"), node("b"), node("c")]))
+    assert len(set(nodes_of(s, "m"))) == 2
+
+
+def test_capacity_respected_and_unplaced_reported() -> None:
+    s = apply(snap([spec("big", 2, cpu=3000)], [node("a"), node("b", cpu=2000)]))
+    assert nodes_of(s, "big") == ["a"]
+    (reason,) = s.placements["big"].unplaced
+    assert "b: cpu 3000m > free 2000m" in reason and "a: already runs a replica of big" in reason
+
+
+def test_min_greater_than_cluster_reports_each_missing_replica() -> None:
+    s = apply(snap([spec("m", 3)], [node("a")]))
+    assert nodes_of(s, "m") == ["a"] and len(s.placements["m"].unplaced) == 2
+
+
+def test_all_nodes_full() -> None:
+    s = apply(snap([spec("x", 1, cpu=4000), spec("y", 1, cpu=1000)], [node("a")]))
+    assert nodes_of(s, "x") == ["a"]
+    assert s.placements["y"].replicas == () and "cpu 1000m > free 0m" in s.placements["y"].unplaced[0]
+
+
+def test_cordoned_and_unhealthy_nodes_get_nothing_new() -> None:
+    s = apply(snap([spec("m", 1)], [node("a", cordoned=True), node("b"), node("c")], healthy={"a", "c"}))
+    assert nodes_of(s, "m") == ["c"]
+
+
+def test_node_selector() -> None:
+    s = apply(snap([spec("m", 1, zone="eu")], [node("a", zone="us"), node("b", zone="eu")]))
+    assert nodes_of(s, "m") == ["b"]
+
+
+def test_lost_node_replicas_are_replaced_elsewhere() -> None:
+    s = apply(snap([spec("m", 2)], [node("a"), node("b"), node("c")]))
+    lost = nodes_of(s, "m")[0]
+    s2 = apply(dataclasses.replace(s, healthy=frozenset({"a", "b", "c"} - {lost})))
+    assert lost not in nodes_of(s2, "m") and len(nodes_of(s2, "m")) == 2
+    kept = set(nodes_of(s, "m")) - {lost}
+    assert kept <= set(nodes_of(s2, "m"))  # the surviving replica did not move
+
+
+def test_deleted_spec_deletes_placement() -> None:
+    s = apply(snap([spec("m", 1)], [node("a")]))
+    p = plan(dataclasses.replace(s, specs={}))
+    assert p.deletions == ("m",)
+
+
+def test_scale_down_removes_newest() -> None:
+    s = apply(snap([spec("m", 3)], [node("a"), node("b"), node("c")]))
+    ids = sorted(r.replica_id for r in s.placements["m"].replicas)
+    s2 = apply(dataclasses.replace(s, specs={"m": spec("m", 1)}))
+    assert [r.replica_id for r in s2.placements["m"].replicas] == ids[:1]
+
+
+def test_new_artifact_updates_version_in_place() -> None:
+    s = apply(snap([spec("m", 1)], [node("a")]))
+    new = dataclasses.replace(spec("m", 1), storage_uri="/models/m-v2")
+    s2 = apply(dataclasses.replace(s, specs={"m": new}))
+    assert s2.placements["m"].replicas[0].version == new.version != s.placements["m"].replicas[0].version
+
+
+# -- properties ----------------------------------------------------------------
+cluster = st.lists(st.tuples(st.integers(0, 8000), st.booleans(), st.booleans()), min_size=1, max_size=8)
+models = st.lists(st.tuples(st.integers(0, 4), st.integers(0, 3000)), min_size=1, max_size=10)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cluster, models)
+def test_properties_never_overcommit_never_bad_nodes_idempotent(nodes_raw, models_raw) -> None:  # type: ignore[no-untyped-def]
+    nodes = [node(f"n{i}", cpu=c, cordoned=cord) for i, (c, cord, _) in enumerate(nodes_raw)]
+    healthy = {f"n{i}" for i, (_, _, h) in enumerate(nodes_raw) if h}
+    specs = [spec(f"m{i}", n, cpu=c, mem=0) for i, (n, c) in enumerate(models_raw)]
+    s = apply(snap(specs, nodes, healthy))
+    used: dict[str, int] = {}
+    for name, pl in s.placements.items():
+        assert len({r.node for r in pl.replicas}) == len(pl.replicas)  # one replica per node
+        assert len(pl.replicas) + len(pl.unplaced) == s.specs[name].min_replicas
+        for r in pl.replicas:
+            assert r.node in healthy and not s.nodes[r.node].cordoned
+            used[r.node] = used.get(r.node, 0) + s.specs[name].resources.cpu_millis
+    for nid, cpu in used.items():
+        assert cpu <= s.nodes[nid].capacity.cpu_millis
+    again = plan(s)
+    assert again.placements == {} and again.deletions == ()
