@@ -11,7 +11,6 @@ import logging
 import time
 
 import aiohttp
-
 import grpc
 
 from fastpath.errors import WireError

@@ -5,7 +5,7 @@ request bytes reach the core untouched and Triton's response bytes go back as is
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 

@@ -1,7 +1,7 @@
 """One pooled gRPC channel per upstream Triton, with raw (bytes in, bytes out) calls."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 

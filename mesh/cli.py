@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- up ----------------------------------------------------------------------------
 def _up(args: argparse.Namespace) -> int:
+    from gateway.server import Gateway, GatewayConfig
     from mesh.runtime import run_components, setup_logging, store_url_from
     from mesh.store import open_store
-    from gateway.server import Gateway, GatewayConfig
     from node_agent.agent import AgentConfig
     from node_agent.app import NodeAgentApp
     from node_agent.capacity import detect_capacity

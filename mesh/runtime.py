@@ -5,7 +5,8 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Awaitable, Callable, Protocol, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 __all__ = ["setup_logging", "run_components", "Component", "store_url_from"]
 

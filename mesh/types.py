@@ -24,19 +24,19 @@ class Resources:
     gpu_count: int = 0
     gpu_memory_bytes: int = 0
 
-    def __add__(self, other: "Resources") -> "Resources":
+    def __add__(self, other: Resources) -> Resources:
         return Resources(self.cpu_millis + other.cpu_millis, self.memory_bytes + other.memory_bytes,
                          self.gpu_count + other.gpu_count, self.gpu_memory_bytes + other.gpu_memory_bytes)
 
-    def __sub__(self, other: "Resources") -> "Resources":
+    def __sub__(self, other: Resources) -> Resources:
         return Resources(self.cpu_millis - other.cpu_millis, self.memory_bytes - other.memory_bytes,
                          self.gpu_count - other.gpu_count, self.gpu_memory_bytes - other.gpu_memory_bytes)
 
-    def fits_in(self, free: "Resources") -> bool:
+    def fits_in(self, free: Resources) -> bool:
         return (self.cpu_millis <= free.cpu_millis and self.memory_bytes <= free.memory_bytes
                 and self.gpu_count <= free.gpu_count and self.gpu_memory_bytes <= free.gpu_memory_bytes)
 
-    def shortfall(self, free: "Resources") -> list[str]:
+    def shortfall(self, free: Resources) -> list[str]:
         """Names of the resources that do not fit, for operator-facing reasons."""
         out = []
         if self.cpu_millis > free.cpu_millis:

@@ -16,8 +16,8 @@ Rules, in order, per model (models in name order, for determinism):
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from mesh.types import ModelSpec, NodeInfo, Placement, Replica, Resources
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from support.mesh import MODELS, ROOT, EmbeddedMesh, write_spec
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.e2e
 
@@ -138,7 +139,7 @@ def test_metrics_count_requests_and_errors(embedded_mesh) -> None:
     inp = grpcclient.InferInput("features", [1, 16], "FP32")
     inp.set_data_from_numpy(x)
     client.infer("fraud", [inp])
-    with pytest.raises(Exception):
+    with pytest.raises(InferenceServerException):
         client.infer("fraud", [grpcclient.InferInput("nope", [1, 16], "FP32").set_data_from_numpy(x)])
     with urllib.request.urlopen(f"http://127.0.0.1:{embedded_mesh.metrics_port}/metrics", timeout=10) as resp:
         text = resp.read().decode()

@@ -12,7 +12,7 @@ from fastpath import wire as fast
 from fastpath.errors import WireError
 
 service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError  # noqa: E402  (after the importorskip guard)
 
 IMPLS = [pytest.param(fast, id="compiled"), pytest.param(ref, id="reference")]
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

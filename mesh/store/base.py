@@ -19,8 +19,8 @@ Two backends implement it with the same semantics (Consul's):
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 __all__ = ["KV", "ServiceRegistration", "ServiceInstance", "Store", "StoreError", "StoreUnavailable"]
 
