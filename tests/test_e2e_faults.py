@@ -1,6 +1,7 @@
 """Fault tests on the real embedded mesh: kill tritonserver, stop the mesh."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -43,12 +44,15 @@ def test_kill_tritonserver_agent_restarts_and_reloads(embedded_mesh, fraud_refer
         time.sleep(0.5)
     assert recovered, f"fraud did not serve again within 120s:\n{embedded_mesh.log_tail()}"
     assert embedded_mesh.proc.pid == agent_pid and embedded_mesh.proc.poll() is None  # agent untouched
-    r = embedded_mesh.meshctl("get", "models")
-    assert r.returncode == 0
-    assert "fraud" in r.stdout and "node-a:ready" in r.stdout
-    # All three models came back, not only the one we probed.
-    for line in r.stdout.splitlines()[1:]:
-        assert "ready" in line, r.stdout
+    # All three models come back, not only the one we probed.
+    while True:
+        r = embedded_mesh.meshctl("get", "models", "--json")
+        assert r.returncode == 0, r.stderr
+        states = {m["name"]: [rep.get("state") for rep in m.get("replicas", [])] for m in json.loads(r.stdout)}
+        if all(s == ["ready"] for s in states.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert states == {"fraud": ["ready"], "half-double": ["ready"], "text-stats": ["ready"]}
 
 
 def test_meshctl_up_sigterm_leaves_no_process(tmp_path, models_dir) -> None:

@@ -58,7 +58,11 @@ def test_unbuilt_package_fails_loudly(tmp_path: Any) -> None:
     (tmp_path / "fastpath").mkdir()
     for py in src.glob("*.py"):
         shutil.copy(py, tmp_path / "fastpath" / py.name)
-    proc = subprocess.run([sys.executable, "-c", "import fastpath"], cwd=tmp_path, check=False,
+    # An editable install adds a meta-path finder that would serve fastpath.codec
+    # from the source tree; drop it so only the copied, unbuilt package is seen.
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in "
+            "getattr(f, '__module__', '') and '__editable__' not in getattr(f, '__name__', '')]; import fastpath")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=False,
                           capture_output=True, text=True, env={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode != 0
     assert "compiled extensions are missing" in proc.stderr
