@@ -28,12 +28,13 @@ class Endpoint:
 class ModelRoute:
     name: str
     endpoints: list[Endpoint] = field(default_factory=list)
+    draining: list[Endpoint] = field(default_factory=list)  # used only when nothing else is ready
     expected: int = 0     # replicas placed
     why_none: str = ""
 
     def pick(self, exclude: str | None = None) -> Endpoint | None:
         """Least outstanding requests; ties broken at random (power of two choices)."""
-        eps = [e for e in self.endpoints if e.node != exclude]
+        eps = [e for e in self.endpoints if e.node != exclude] or [e for e in self.draining if e.node != exclude]
         if not eps:
             return None
         if len(eps) <= 2:
@@ -97,7 +98,7 @@ class RoutingTable:
                     if ep is None or ep.address != node.address:
                         ep = Endpoint(r.node, node.address, node.http_address)
                         self._endpoints[r.node] = ep
-                    route.endpoints.append(ep)
+                    (route.draining if r.role == "draining" else route.endpoints).append(ep)
             if pl.unplaced:
                 reasons.append(f"unplaced: {pl.unplaced[0]}")
             route.why_none = "; ".join(reasons) or "no replicas placed"

@@ -33,7 +33,8 @@ DEFAULT_CONTROL = "127.0.0.1:8010"
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="meshctl", description="Operate the Triton model-serving mesh.")
     p.add_argument("--control", default=os.environ.get("MESH_CONTROL_ADDR", DEFAULT_CONTROL),
-                   help="scheduler control API host:port (env MESH_CONTROL_ADDR; default %(default)s)")
+                   help="scheduler control API host:port, or several comma-separated (any scheduler "
+                        "answers; the first reachable is used) (env MESH_CONTROL_ADDR; default %(default)s)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     up = sub.add_parser("up", help="run scheduler, one node agent with its Triton, and a gateway in one process")
@@ -98,7 +99,7 @@ def _up(args: argparse.Namespace) -> int:
     from scheduler.app import SchedulerApp
 
     setup_logging(args.log_level)
-    control_port = args.control_port if args.control_port is not None else int(args.control.rsplit(":", 1)[1])
+    control_port = args.control_port if args.control_port is not None else int(args.control.split(",")[0].rsplit(":", 1)[1])
 
     async def run() -> None:
         store = open_store(store_url_from(args.store))
@@ -131,7 +132,7 @@ async def _client(args: argparse.Namespace) -> int:
     from meshproto import control_pb2 as cpb
     from meshproto import control_pb2_grpc as cpb_grpc
 
-    async with grpc.aio.insecure_channel(args.control) as ch:
+    async with await _connect(args.control) as ch:
         stub = cpb_grpc.SchedulerStub(ch)
         if args.cmd == "apply":
             spec = load_spec_file(args.file)
@@ -165,6 +166,19 @@ async def _client(args: argparse.Namespace) -> int:
         else:
             _print_nodes(nodes)
         return 0
+
+
+async def _connect(control: str) -> grpc.aio.Channel:
+    """A channel to the first reachable scheduler of a comma-separated list."""
+    addresses = [a.strip() for a in control.split(",") if a.strip()]
+    for addr in addresses[:-1]:
+        ch = grpc.aio.insecure_channel(addr)
+        try:
+            await asyncio.wait_for(ch.channel_ready(), 2.0)
+            return ch
+        except asyncio.TimeoutError:
+            await ch.close()
+    return grpc.aio.insecure_channel(addresses[-1])
 
 
 async def _wait_ready(stub, model: str, generation: int, timeout: float) -> int:  # type: ignore[no-untyped-def]

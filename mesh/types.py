@@ -85,6 +85,7 @@ class NodeInfo:
     labels: dict[str, str] = field(default_factory=dict)
     cordoned: bool = False
     agent_address: str = ""     # node agent control API host:port
+    draining: bool = False      # cordoned, and its replicas move elsewhere
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class KEYS:
     STATUS = "mesh/status/"
     LOAD = "mesh/load/"
     LEADER = "mesh/leader/scheduler"
+    CLUSTER = "mesh/cluster"          # marker: its absence means the store lost our state
     SERVICE = "mesh-node"
 
     @staticmethod

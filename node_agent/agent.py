@@ -36,6 +36,9 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     triton: TritonConfig | None = None
     heartbeat_s: float = 1.0
+    # A replica taken off this node is marked unloading at once (gateways stop
+    # routing to it) and unloaded after this grace, so no request meets a vanished model.
+    unload_grace_s: float = 2.0
     ttl_s: float = 10.0
     deregister_after_s: float | None = 120.0
     agent_address: str = ""
@@ -61,6 +64,8 @@ class NodeAgent:
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
         self.cordoned = False
+        self.draining = False
+        self._unload_after: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -68,8 +73,9 @@ class NodeAgent:
         self._channel = grpc.aio.insecure_channel(self.triton.grpc_address)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         existing = await self.store.get(KEYS.node(self.cfg.node_id))
-        if existing is not None:  # keep an operator's cordon across agent restarts
-            self.cordoned = from_json(NodeInfo, existing.value).cordoned
+        if existing is not None:  # keep an operator's cordon/drain across agent restarts
+            old = from_json(NodeInfo, existing.value)
+            self.cordoned, self.draining = old.cordoned, old.draining
         await self._register()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._reconcile_loop())]
@@ -96,10 +102,12 @@ class NodeAgent:
             node_id=self.cfg.node_id, address=self.triton.grpc_address,
             http_address=self.triton.http_address, capacity=self.cfg.capacity,
             labels=dict(self.cfg.labels), cordoned=self.cordoned, agent_address=self.cfg.agent_address,
+            draining=self.draining,
         )
 
-    async def set_cordon(self, cordoned: bool) -> None:
-        self.cordoned = cordoned
+    async def set_cordon(self, cordoned: bool, draining: bool = False) -> None:
+        """Cordon: no new replicas here. Drain: also move the ones here away."""
+        self.cordoned, self.draining = cordoned or draining, draining
         await self.store.put(KEYS.node(self.cfg.node_id), to_json(self.node_info()))
 
     def replica_states(self) -> dict[str, tuple[str, str, str]]:
@@ -146,7 +154,8 @@ class NodeAgent:
         index = 0
         while True:
             try:
-                index, kvs = await self.store.watch(KEYS.PLACEMENTS, index, timeout=5.0)
+                index, kvs = await self.store.watch(KEYS.PLACEMENTS, index,
+                                                    timeout=0.5 if self._unload_after else 5.0)
                 self._kick.clear()
                 await self._reconcile([from_json(Placement, kv.value) for kv in kvs])
             except StoreError as exc:
@@ -163,8 +172,17 @@ class NodeAgent:
             for r in pl.replicas:
                 if r.node == self.cfg.node_id:
                     want[pl.model] = r.version
+        now = time.monotonic()
         for name in [m for m in self._models if m not in want]:
-            await self._unload(name)
+            st = self._models[name]
+            if name not in self._unload_after:
+                self._unload_after[name] = now + self.cfg.unload_grace_s
+                st.state = "unloading"
+                await self._write_status(name, st)
+            elif now >= self._unload_after[name]:
+                await self._unload(name)
+        for name in [m for m in self._unload_after if m in want or m not in self._models]:
+            self._unload_after.pop(name, None)
         for name, version in sorted(want.items()):
             cur = self._models.get(name)
             if cur and cur.version == version and (

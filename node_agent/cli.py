@@ -3,6 +3,7 @@
     node-agent run --store URL --node-id ID      supervise Triton, serve placements
     node-agent status [--agent HOST:PORT]        Triton health and replicas
     node-agent cordon|uncordon [--agent ...]     stop / resume new placements here
+    node-agent drain [--agent ...]               move this host's replicas elsewhere, no failed requests
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--label", action="append", default=[], help="KEY=VALUE node label (repeatable)")
     run.add_argument("--ttl", type=float, default=10.0, help="health check TTL, seconds")
     run.add_argument("--log-level", default="INFO")
-    for name in ("status", "cordon", "uncordon"):
+    for name in ("status", "cordon", "uncordon", "drain"):
         c = sub.add_parser(name)
         c.add_argument("--agent", default=os.environ.get("MESH_AGENT_ADDR", "127.0.0.1:8011"))
     args = p.parse_args(argv)
@@ -95,7 +96,8 @@ async def _operate(args: argparse.Namespace) -> int:
                 for r in s.replicas:
                     print(f"  {r.replica_id:24} {r.state:10} version {r.version} {r.error}")
                 return 0
-            r = await stub.Drain(cpb.DrainRequest(cordon_only=True, undo=args.cmd == "uncordon"), timeout=10)
+            r = await stub.Drain(cpb.DrainRequest(cordon_only=args.cmd == "cordon", undo=args.cmd == "uncordon"),
+                                 timeout=10)
             print(r.message)
             return 0
     except grpc.aio.AioRpcError as exc:

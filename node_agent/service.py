@@ -22,6 +22,10 @@ class NodeAgentService(cpb_grpc.NodeAgentServicer):
                                       triton_restarts=a.triton.restarts, replicas=replicas, cordoned=a.cordoned)
 
     async def Drain(self, request: cpb.DrainRequest, context: grpc.aio.ServicerContext) -> cpb.DrainResponse:
-        await self.agent.set_cordon(not request.undo)
-        verb = "uncordoned" if request.undo else "cordoned"
+        if request.undo:
+            await self.agent.set_cordon(False)
+            verb = "uncordoned"
+        else:
+            await self.agent.set_cordon(True, draining=not request.cordon_only)
+            verb = "cordoned" if request.cordon_only else "draining: its replicas move to other nodes"
         return cpb.DrainResponse(ok=True, message=f"node {self.agent.cfg.node_id} {verb}")

@@ -7,6 +7,8 @@ result again changes nothing.
 Rules, in order, per model (models in name order, for determinism):
 1. keep replicas on nodes that are healthy, known and still satisfy the spec's
    node selector (cordoned nodes keep what they run; they only refuse new work);
+   a replica on a *draining* node stays, marked ``draining``, until a replacement
+   elsewhere is ready, and only then goes (no capacity gap, no failed request);
 2. drop replicas above the desired count (newest first);
 3. place missing replicas: at most one replica of a model per node (Triton
    serves a model name once per server; intra-node parallelism is the model's
@@ -32,6 +34,8 @@ class Snapshot:
     placements: Mapping[str, Placement]
     # Replica counts asked for by the autoscaler or `meshctl scale`, per model.
     desired: Mapping[str, int] = field(default_factory=dict)
+    # (node, model) pairs whose replica reports ready at the placed version.
+    ready: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,10 @@ def _place_model(
         elif not _selector_ok(spec, node):
             why.append(f"replica {r.replica_id} moved: node {r.node} no longer matches nodeSelector")
             _release(used, r.node, spec)
+        elif node.draining:
+            kept.append(Replica(r.replica_id, r.node, r.version, "draining"))
+            if r.role != "draining":
+                why.append(f"replica {r.replica_id} draining: node {r.node} is being drained")
         elif r.version != spec.version:
             # A new artifact: reload in place on the same node (rollouts refine this).
             kept.append(Replica(r.replica_id, r.node, spec.version, r.role))
@@ -98,6 +106,8 @@ def _place_model(
             kept.append(r)
 
     want = desired_replicas(spec, snap.desired.get(spec.name))
+    draining = [r for r in kept if r.role == "draining"]
+    kept = [r for r in kept if r.role != "draining"]
     while len(kept) > want:
         gone = kept.pop()
         _release(used, gone.node, spec)
@@ -106,7 +116,8 @@ def _place_model(
     next_id = 1 + max((_ordinal(r.replica_id) for r in (old.replicas if old else ())), default=-1)
     unplaced: list[str] = []
     while len(kept) < want:
-        node_id, rejected = _choose_node(spec, snap, used, {r.node for r in kept})
+        taken = {r.node for r in kept} | {r.node for r in draining}
+        node_id, rejected = _choose_node(spec, snap, used, taken)
         if node_id is None:
             unplaced.append("; ".join(rejected) or "no nodes are registered")
             break
@@ -115,7 +126,17 @@ def _place_model(
         next_id += 1
         kept.append(Replica(rid, node_id, spec.version))
         why.append(f"replica {rid} placed on {node_id}")
-    missing = want - len(kept)
+    # Drained replicas go once enough replacements are ready; until then they serve.
+    ready_new = sum(1 for r in kept if (r.node, spec.name) in snap.ready)
+    surplus = ready_new - (want - len(draining))
+    for r in list(draining):
+        if surplus > 0 or want == 0:
+            draining.remove(r)
+            _release(used, r.node, spec)
+            why.append(f"replica {r.replica_id} removed from draining node {r.node}: replacement ready")
+            surplus -= 1
+    kept = kept + draining
+    missing = want - len(kept) + len(draining)
     if missing > 1:
         unplaced = unplaced * missing
     if old is not None and len(old.unplaced) == len(unplaced):
@@ -136,8 +157,8 @@ def _choose_node(
         if node_id not in snap.healthy:
             rejected.append(f"{node_id}: unhealthy")
             continue
-        if node.cordoned:
-            rejected.append(f"{node_id}: cordoned")
+        if node.cordoned or node.draining:
+            rejected.append(f"{node_id}: {'draining' if node.draining else 'cordoned'}")
             continue
         if node_id in taken:
             rejected.append(f"{node_id}: already runs a replica of {spec.name}")

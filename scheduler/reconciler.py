@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 from mesh.store import KV, Store, StoreError
-from mesh.types import KEYS, ModelSpec, NodeInfo, Placement, from_json, to_json
+from mesh.types import KEYS, ModelSpec, NodeInfo, Placement, ReplicaStatus, from_json, to_json
 from scheduler.leader import Leadership
 from scheduler.placement import Snapshot, plan
 
@@ -20,12 +21,19 @@ async def read_snapshot(store: Store) -> tuple[Snapshot, dict[str, KV]]:
     _, node_kvs = await store.list(KEYS.NODES)
     _, pl_kvs = await store.list(KEYS.PLACEMENTS)
     _, services = await store.services(KEYS.SERVICE)
+    _, status_kvs = await store.list(KEYS.STATUS)
     specs = {s.name: s for s in (from_json(ModelSpec, kv.value) for kv in spec_kvs)}
     nodes = {n.node_id: n for n in (from_json(NodeInfo, kv.value) for kv in node_kvs)}
     pls = {kv.key[len(KEYS.PLACEMENTS):]: kv for kv in pl_kvs}
     healthy = frozenset(s.service_id for s in services if s.healthy)
-    snap = Snapshot(specs=specs, nodes=nodes, healthy=healthy,
-                    placements={m: from_json(Placement, kv.value) for m, kv in pls.items()})
+    placements = {m: from_json(Placement, kv.value) for m, kv in pls.items()}
+    placed = {(r.node, m): r.version for m, pl in placements.items() for r in pl.replicas}
+    ready = set()
+    for kv in status_kvs:
+        st = from_json(ReplicaStatus, kv.value)
+        if st.state == "ready" and placed.get((st.node, st.model)) == st.version:
+            ready.add((st.node, st.model))
+    snap = Snapshot(specs=specs, nodes=nodes, healthy=healthy, placements=placements, ready=frozenset(ready))
     return snap, pls
 
 
@@ -35,6 +43,10 @@ class Reconciler:
         self.leadership = leadership
         self.resync_s = resync_s
         self.last_reasons: dict[str, tuple[str, ...]] = {}
+        # The last state this leader saw, to put back if the store loses it
+        # (a Consul agent restarted in -dev mode, a server cluster rebuilt).
+        self._cluster_id: bytes | None = None
+        self._seen: dict[str, bytes] = {}
 
     async def run(self) -> None:
         kv_index = svc_index = 0
@@ -51,8 +63,26 @@ class Reconciler:
                 kv_index = svc_index = 0
                 await asyncio.sleep(1.0)
 
+    async def _guard_against_store_reset(self) -> None:
+        marker = await self.store.get(KEYS.CLUSTER)
+        if marker is None and self._cluster_id is not None:
+            log.warning("the store lost the mesh's state (cluster marker %s gone; was Consul restarted "
+                        "without persistence?); restoring %d spec/placement key(s) this scheduler holds",
+                        self._cluster_id.decode(), len(self._seen))
+            for key, value in self._seen.items():
+                await self.store.put(key, value, cas=0)
+        if marker is None:
+            self._cluster_id = self._cluster_id or uuid.uuid4().hex.encode()
+            await self.store.put(KEYS.CLUSTER, self._cluster_id, cas=0)
+        else:
+            self._cluster_id = marker.value
+        _, specs = await self.store.list(KEYS.MODELS)
+        _, pls = await self.store.list(KEYS.PLACEMENTS)
+        self._seen = {kv.key: kv.value for kv in (*specs, *pls)}
+
     async def reconcile_once(self) -> int:
         """Plan once and write the changes; returns how many placements were written."""
+        await self._guard_against_store_reset()
         snap, pl_kvs = await read_snapshot(self.store)
         result = plan(snap)
         written = 0

@@ -124,3 +124,29 @@ def test_properties_never_overcommit_never_bad_nodes_idempotent(nodes_raw, model
         assert cpu <= s.nodes[nid].capacity.cpu_millis
     again = plan(s)
     assert again.placements == {} and again.deletions == ()
+
+
+def _drain(s: Snapshot, nid: str) -> Snapshot:
+    nodes = dict(s.nodes)
+    nodes[nid] = dataclasses.replace(nodes[nid], cordoned=True, draining=True)
+    return dataclasses.replace(s, nodes=nodes)
+
+
+def test_drain_keeps_old_replica_until_replacement_ready() -> None:
+    s = apply(snap([spec("m", 1)], [node("a"), node("b")]))
+    (first,) = nodes_of(s, "m")
+    other = "b" if first == "a" else "a"
+    s = apply(_drain(s, first))
+    roles = {r.node: r.role for r in s.placements["m"].replicas}
+    assert roles == {first: "draining", other: "serving"}
+    s = apply(s)  # replacement not ready yet: nothing changes
+    assert {r.node: r.role for r in s.placements["m"].replicas} == roles
+    s = apply(dataclasses.replace(s, ready=frozenset({(other, "m")})))
+    assert nodes_of(s, "m") == [other]
+
+
+def test_drain_with_nowhere_to_go_keeps_serving_and_says_why() -> None:
+    s = apply(snap([spec("m", 1)], [node("a")]))
+    s = apply(_drain(s, "a"))
+    assert [(r.node, r.role) for r in s.placements["m"].replicas] == [("a", "draining")]
+    assert "a: draining" in s.placements["m"].unplaced[0]
