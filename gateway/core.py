@@ -2,23 +2,27 @@
 
 The gRPC servicer and the HTTP bridge are thin adapters over this class. ModelInfer
 bodies travel as the bytes the client sent: the core reads only ``model_name``
-(a wire scan, no parse) and forwards the same bytes to the chosen Triton.
+(a wire scan, no parse) and forwards the same bytes to the chosen Triton, except for
+models whose spec turns on gateway-side batching: those go through ``gateway.batcher``.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from typing import Any
 
 import aiohttp
 import grpc
 
 from fastpath.errors import WireError
 from fastpath.wire import scan_model
+from gateway.batcher import Batcher
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Endpoint, RoutingTable
 from gateway.upstream import UpstreamPool
 from mesh.errors import InvalidInput, MeshError, ModelNotFound, NoReadyReplica
+from mesh.types import BatchingSpec
 from meshproto import inference_pb2 as pb
 
 __all__ = ["InferenceCore", "UpstreamStatus"]
@@ -43,6 +47,10 @@ class InferenceCore:
         self.upstream = upstream
         self.metrics = metrics
         self._http: aiohttp.ClientSession | None = None
+        # (model, protocol) -> (requests counter, in-flight gauge, latency histogram) children:
+        # prometheus' labels() lookup is too slow to repeat on every request.
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self.batcher = Batcher(self._send_infer, metrics)
 
     # -- inference -------------------------------------------------------------
     async def infer_raw(self, body: bytes, timeout: float | None, protocol: str = "grpc") -> bytes:
@@ -53,29 +61,55 @@ class InferenceCore:
             raise InvalidInput(f"malformed ModelInferRequest: {exc}") from exc
         if not model:
             raise InvalidInput("ModelInferRequest has no model_name")
-        return await self._forward(model, "ModelInfer", body, timeout, protocol)
+        spec = self.routing.specs.get(model)
+        if spec is not None and spec.batching is not None:
+            out = await self._forward(model, body, timeout, protocol, spec.batching)
+            return out if type(out) is bytes else out.SerializeToString()  # type: ignore[union-attr]
+        return await self._forward(model, body, timeout, protocol)  # type: ignore[return-value]
 
     async def infer(self, req: pb.ModelInferRequest, timeout: float | None, protocol: str = "http"
                     ) -> pb.ModelInferResponse:
-        raw = await self._forward(req.model_name, "ModelInfer", req.SerializeToString(), timeout, protocol)
-        resp = pb.ModelInferResponse()
-        resp.ParseFromString(raw)
-        return resp
+        model = req.model_name
+        spec = self.routing.specs.get(model)
+        if spec is not None and spec.batching is not None:
+            out = await self._forward(model, None, timeout, protocol, spec.batching, req)
+        else:
+            out = await self._forward(model, req.SerializeToString(), timeout, protocol)
+        if type(out) is bytes:
+            return pb.ModelInferResponse.FromString(out)
+        return out  # type: ignore[return-value]
 
-    async def _forward(self, model: str, method: str, body: bytes, timeout: float | None, protocol: str) -> bytes:
+    def _metric_children(self, model: str, protocol: str) -> tuple[Any, Any, Any]:
         m = self.metrics
-        m.requests.labels(model, protocol).inc()
-        gauge = m.in_flight.labels(model)
+        if len(self._children) > 4096:  # unknown model names must not grow this forever
+            self._children.clear()
+        c = self._children[(model, protocol)] = (
+            m.requests.labels(model, protocol), m.in_flight.labels(model), m.latency.labels(model, protocol))
+        return c
+
+    async def _forward(self, model: str, body: bytes | None, timeout: float | None, protocol: str,
+                       batching: BatchingSpec | None = None, req: pb.ModelInferRequest | None = None
+                       ) -> bytes | pb.ModelInferResponse:
+        """One ModelInfer, counted in the metrics: sent as is, or through the batcher."""
+        c = self._children.get((model, protocol)) or self._metric_children(model, protocol)
+        c[0].inc()
+        gauge = c[1]
         gauge.inc()
         t0 = time.perf_counter()
         try:
-            return await self._call_with_retry(model, method, body, timeout)
+            if batching is None:
+                return await self._call_with_retry(model, "ModelInfer", body, timeout)  # type: ignore[arg-type]
+            return await self.batcher.submit(model, batching, req, body, timeout)
         except MeshError as exc:
-            m.errors.labels(model, protocol, exc.grpc_code.name).inc()
+            self.metrics.errors.labels(model, protocol, exc.grpc_code.name).inc()
             raise
         finally:
             gauge.dec()
-            m.latency.labels(model, protocol).observe(time.perf_counter() - t0)
+            c[2].observe(time.perf_counter() - t0)
+
+    async def _send_infer(self, model: str, body: bytes, timeout: float | None) -> bytes:
+        """The batcher's upstream path: the same replica choice and retry as unbatched requests."""
+        return await self._call_with_retry(model, "ModelInfer", body, timeout)
 
     async def _call_with_retry(self, model: str, method: str, body: bytes, timeout: float | None) -> bytes:
         deadline = None if timeout is None else time.monotonic() + timeout

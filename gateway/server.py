@@ -73,11 +73,12 @@ class Gateway:
         return int(server.sockets[0].getsockname()[1]) if server and server.sockets else port
 
     async def stop(self) -> None:
-        # Stop taking requests, let in-flight ones finish, then close upstreams.
+        # Stop taking requests, let in-flight ones finish, drain the batcher, then close upstreams.
         if self._grpc is not None:
             await self._grpc.stop(self.cfg.shutdown_grace_s)
         for runner in self._runners:
             await runner.cleanup()
+        await self.core.batcher.drain()   # flush queued batches, wait for their answers
         await self.routing.stop()
         await self.core.close()
         await self.upstream.close()
