@@ -23,7 +23,10 @@ their parameters, request parameters). A batched call that fails fails exactly i
 members, each with the upstream's status and message.
 
 The planning functions (``plan_member``, ``build_batched_request``, ``split_response``)
-are pure; ``Batcher`` is the asyncio shell around them.
+are pure; ``Batcher`` is the asyncio shell around them. None of them imports the generated
+``meshproto`` module: they build messages of the type they are given (``type(request)``),
+so tests can drive them with tritonclient's identical ``inference`` messages (the two
+modules cannot share a process: they register the same protobuf names).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -40,12 +43,14 @@ from fastpath.batch import merge_raw, split_raw
 from fastpath.errors import CodecError
 from mesh.errors import InternalError, InvalidInput, MeshError, UpstreamError
 from mesh.types import BatchingSpec
-from meshproto import inference_pb2 as pb
 
 __all__ = [
     "Batcher", "MergeKey", "QueuedPastDeadline", "Unmergeable", "build_batched_request", "plan_member", "split_response",
     "SEQUENCE_PARAMETERS",
 ]
+
+if TYPE_CHECKING:
+    from meshproto import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +132,7 @@ def build_batched_request(members: list[pb.ModelInferRequest], sizes: list[int])
     """
     first = members[0]
     total = sum(sizes)
-    out = pb.ModelInferRequest(model_name=first.model_name, model_version=first.model_version)
+    out = type(first)(model_name=first.model_name, model_version=first.model_version)
     for k, v in first.parameters.items():
         out.parameters[k].CopyFrom(v)
     for i, t in enumerate(first.inputs):
@@ -159,7 +164,7 @@ def split_response(resp: pb.ModelInferResponse, members: list[pb.ModelInferReque
         per_output.append((o, tail, pieces))
     out = []
     for j, m in enumerate(members):
-        r = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=m.id)
+        r = type(resp)(model_name=resp.model_name, model_version=resp.model_version, id=m.id)
         for k, v in resp.parameters.items():
             r.parameters[k].CopyFrom(v)
         for o, tail, pieces in per_output:
@@ -193,11 +198,15 @@ class Batcher:
     """Queues of batching-enabled models' requests, flushed into single upstream calls.
 
     ``send(model, body, timeout) -> bytes`` is the core's upstream path (replica choice,
-    retry); ``metrics`` has ``batches``, ``batch_size`` and ``unbatched`` (per model).
+    retry); ``metrics`` has ``batches``, ``batch_size`` and ``unbatched`` (per model);
+    ``request_type`` / ``response_type`` are the ``inference.ModelInfer{Request,Response}``
+    message classes.
     """
 
-    def __init__(self, send: Send, metrics: Any) -> None:
+    def __init__(self, send: Send, metrics: Any, request_type: type, response_type: type) -> None:
         self._send = send
+        self._request_type = request_type
+        self._response_type = response_type
         self._metrics = metrics
         self._groups: dict[tuple[str, MergeKey], _Group] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -209,7 +218,7 @@ class Batcher:
         if req is None:
             assert body is not None
             try:
-                req = pb.ModelInferRequest.FromString(body)
+                req = self._request_type.FromString(body)
             except DecodeError as exc:
                 raise InvalidInput(f"malformed ModelInferRequest: {exc}") from exc
         plan = plan_member(req, policy.max_batch_size)
@@ -280,7 +289,7 @@ class Batcher:
             self._metrics.batch_size.labels(model).observe(total)
             raw = await self._send(model, body, timeout)
             try:
-                resp = pb.ModelInferResponse.FromString(raw)
+                resp = self._response_type.FromString(raw)
             except DecodeError as exc:
                 raise InternalError(f"model '{model}': undecodable batched response: {exc}") from exc
             for m, r in zip(live, split_response(resp, reqs, sizes)):

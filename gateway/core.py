@@ -50,7 +50,7 @@ class InferenceCore:
         # (model, protocol) -> (requests counter, in-flight gauge, latency histogram) children:
         # prometheus' labels() lookup is too slow to repeat on every request.
         self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
-        self.batcher = Batcher(self._send_infer, metrics)
+        self.batcher = Batcher(self._send_infer, metrics, pb.ModelInferRequest, pb.ModelInferResponse)
 
     # -- inference -------------------------------------------------------------
     async def infer_raw(self, body: bytes, timeout: float | None, protocol: str = "grpc") -> bytes:

@@ -1,6 +1,11 @@
 """gateway.batcher without a network: merge keys, unmergeable requests, merge/split, and the
 asyncio queueing (flush on size, on delay, on a short deadline; failures; drain) over a fake
-upstream. Imports meshproto, so it must not import tritonclient.grpc (same protobuf pool)."""
+upstream.
+
+The messages are tritonclient's ``inference`` protobufs (the same schema as ``meshproto``):
+the suite runs in one process with the tritonclient end-to-end tests, and the two generated
+modules cannot both be imported there (they register the same protobuf names). So nothing
+here imports meshproto, gateway.core or gateway.server."""
 from __future__ import annotations
 
 import asyncio
@@ -12,11 +17,23 @@ import pytest
 
 from fastpath.codec import decode_tensor, encode_bytes
 from gateway.batcher import Batcher, Unmergeable, build_batched_request, plan_member, split_response
-from gateway.core import UpstreamStatus
 from gateway.metrics import GatewayMetrics
-from mesh.errors import InternalError
+from mesh.errors import InternalError, MeshError
 from mesh.types import BatchingSpec
-from meshproto import inference_pb2 as pb
+
+pb = pytest.importorskip("tritonclient.grpc.service_pb2")
+
+
+class UpstreamStatus(MeshError):
+    """Stands in for gateway.core.UpstreamStatus (an upstream's gRPC status, passed on)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.grpc_code = code
+
+
+def batcher(up: FakeUpstream, metrics: GatewayMetrics | None = None) -> Batcher:
+    return Batcher(up.send, metrics or GatewayMetrics(), pb.ModelInferRequest, pb.ModelInferResponse)
 
 
 def fp32_req(x: np.ndarray, rid: str = "", outputs: tuple[str, ...] = ("score",), model: str = "m") -> pb.ModelInferRequest:
@@ -212,7 +229,7 @@ def _run(coro):  # type: ignore[no-untyped-def]
 def test_concurrent_requests_share_one_call_and_get_their_own_answers() -> None:
     async def main() -> None:
         up = FakeUpstream()
-        b = Batcher(up.send, GatewayMetrics())
+        b = batcher(up)
         policy = BatchingSpec(max_batch_size=8, max_queue_delay_us=50_000)
         xs = [rows(1, seed=i) for i in range(8)]
         outs = await asyncio.gather(*(b.submit("m", policy, fp32_req(x, rid=str(i)), None, 30.0)
@@ -229,7 +246,7 @@ def test_flush_on_size_then_on_delay() -> None:
     async def main() -> None:
         up = FakeUpstream()
         m = GatewayMetrics()
-        b = Batcher(up.send, m)
+        b = batcher(up, m)
         policy = BatchingSpec(max_batch_size=4, max_queue_delay_us=20_000)
         t0 = time.monotonic()
         outs = await asyncio.gather(*(b.submit("m", policy, fp32_req(rows(n)), None, None) for n in (3, 2, 1, 1)))
@@ -249,7 +266,7 @@ def test_flush_on_size_then_on_delay() -> None:
 def test_failure_fails_exactly_its_members_with_upstream_status() -> None:
     async def main() -> None:
         up = FakeUpstream(fail=grpc.StatusCode.INVALID_ARGUMENT)
-        b = Batcher(up.send, GatewayMetrics())
+        b = batcher(up)
         policy = BatchingSpec(max_batch_size=4, max_queue_delay_us=5_000)
         res = await asyncio.gather(*(b.submit("m", policy, fp32_req(rows(1)), None, None) for _ in range(5)),
                                    return_exceptions=True)
@@ -265,7 +282,7 @@ def test_unmergeable_goes_alone_as_received() -> None:
     async def main() -> None:
         up = FakeUpstream()
         m = GatewayMetrics()
-        b = Batcher(up.send, m)
+        b = batcher(up, m)
         policy = BatchingSpec(max_batch_size=4, max_queue_delay_us=1_000_000)
         req = fp32_req(rows(6))
         t0 = time.monotonic()
@@ -278,7 +295,7 @@ def test_unmergeable_goes_alone_as_received() -> None:
 def test_short_deadline_flushes_early_and_bounds_the_upstream_call() -> None:
     async def main() -> None:
         up = FakeUpstream()
-        b = Batcher(up.send, GatewayMetrics())
+        b = batcher(up)
         policy = BatchingSpec(max_batch_size=16, max_queue_delay_us=500_000)
         t0 = time.monotonic()
         first = asyncio.ensure_future(b.submit("m", policy, fp32_req(rows(1)), None, 30.0))
@@ -294,7 +311,7 @@ def test_short_deadline_flushes_early_and_bounds_the_upstream_call() -> None:
 def test_cancelled_member_does_not_break_the_batch() -> None:
     async def main() -> None:
         up = FakeUpstream(delay=0.02)
-        b = Batcher(up.send, GatewayMetrics())
+        b = batcher(up)
         policy = BatchingSpec(max_batch_size=16, max_queue_delay_us=10_000)
         gone = asyncio.ensure_future(b.submit("m", policy, fp32_req(rows(1), rid="gone"), None, None))
         stay = asyncio.ensure_future(b.submit("m", policy, fp32_req(rows(1), rid="stay"), None, None))
@@ -307,7 +324,7 @@ def test_cancelled_member_does_not_break_the_batch() -> None:
 def test_drain_flushes_pending_then_sends_alone() -> None:
     async def main() -> None:
         up = FakeUpstream()
-        b = Batcher(up.send, GatewayMetrics())
+        b = batcher(up)
         policy = BatchingSpec(max_batch_size=16, max_queue_delay_us=5_000_000)
         waiting = [asyncio.ensure_future(b.submit("m", policy, fp32_req(rows(1)), None, None)) for _ in range(3)]
         await asyncio.sleep(0.01)

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,9 @@ class EmbeddedMesh:
 
 def write_spec(path: Path, name: str, model_dir: Path, min_replicas: int = 1, max_replicas: int = 1,
                extra: str = "") -> Path:
+    """A minimal InferenceService spec. ``extra``: more YAML fields of ``spec.predictor``
+    (e.g. ``"batching: {maxBatchSize: 16}"``), written at the predictor's indentation."""
+    extra = textwrap.indent(textwrap.dedent(extra).strip("\n"), "    ") + "\n" if extra.strip() else ""
     path.write_text(f"""apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
 metadata: {{name: {name}}}
