@@ -24,9 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.mesh import EmbeddedMesh  # noqa: E402  (after the path set-up above)
-
 from meshproto import inference_pb2 as pb  # noqa: E402
+from support.mesh import EmbeddedMesh  # noqa: E402  (after the path set-up above)
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 

@@ -10,7 +10,6 @@ goes first (otherwise every Python model fails with "No module named numpy").
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import importlib.util
 import logging
 import os
@@ -188,11 +187,17 @@ class TritonProcess:
     async def _spawn(self) -> None:
         args, env = self._command_and_env()
         self.cfg.work_dir.mkdir(parents=True, exist_ok=True)
+        # SIGKILL tritonserver if the agent dies, so no orphan outlives it. This goes
+        # through setpriv (util-linux), not a preexec_fn: running Python between fork
+        # and exec in a process with gRPC threads can abort the child.
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            args = [setpriv, "--pdeathsig", "KILL", "--", *args]
         logf = open(self.log_path, "ab")
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *args, env=env, stdout=logf, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                stdin=asyncio.subprocess.DEVNULL)
         finally:
             logf.close()
         log.info("started tritonserver pid %d (grpc %s, http %s), log %s",
@@ -225,12 +230,3 @@ class TritonProcess:
                     await self.on_restart()
                 except Exception:  # the agent's reconcile loop retries anyway
                     log.exception("reload after tritonserver restart failed")
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL tritonserver if the agent dies, so no orphan outlives it."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass

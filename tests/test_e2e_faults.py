@@ -10,6 +10,7 @@ import numpy as np
 import psutil
 import pytest
 import tritonclient.grpc as grpcclient
+
 from support.mesh import EmbeddedMesh
 
 pytestmark = pytest.mark.e2e

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from support.consul import ConsulAgent, consul_agent  # noqa: F401  (pytest fixture)
 
 from mesh.store import (
     KV,
@@ -33,6 +32,7 @@ from mesh.store import (
     StoreUnavailable,
 )
 from mesh.store.consul import ConsulStore
+from support.consul import ConsulAgent, consul_agent  # noqa: F401  (pytest fixture)
 
 BACKENDS = ["memory", "consul"]
 
