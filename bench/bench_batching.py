@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_gateway import drive  # noqa: E402  (after the path set-up above)
-from support.mesh import MODELS, EmbeddedMesh, write_spec  # noqa: E402
 
 from fastpath.codec import encode_bytes  # noqa: E402
 from meshproto import inference_pb2 as pb  # noqa: E402
+from support.mesh import MODELS, EmbeddedMesh, write_spec  # noqa: E402
 
 
 def fraud_body(model: str) -> bytes:

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from support.mesh import MODELS, ROOT, EmbeddedMesh, write_spec
 from tritonclient.utils import InferenceServerException
+
+from support.mesh import MODELS, ROOT, EmbeddedMesh, write_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
