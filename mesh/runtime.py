@@ -27,6 +27,9 @@ def store_url_from(flag: str | None) -> str:
         return flag
     if os.environ.get("MESH_STORE"):
         return os.environ["MESH_STORE"]
+    if os.environ.get("CONSUL_HTTP_ADDR"):
+        addr = os.environ["CONSUL_HTTP_ADDR"]
+        return addr if "://" in addr and addr.startswith("consul") else "consul://" + addr.split("://")[-1]
     return "memory://"
 
 

@@ -76,6 +76,9 @@ class NodeAgent:
         if existing is not None:  # keep an operator's cordon/drain across agent restarts
             old = from_json(NodeInfo, existing.value)
             self.cordoned, self.draining = old.cordoned, old.draining
+        # A fresh tritonserver has nothing loaded: statuses left by an earlier run of
+        # this node (a crash, a host reboot) must not make gateways route here.
+        await self.store.delete_prefix(f"{KEYS.STATUS}{self.cfg.node_id}/")
         await self._register()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._reconcile_loop())]

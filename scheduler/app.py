@@ -22,7 +22,8 @@ class SchedulerApp:
     def __init__(self, store: Store, identity: str, host: str = "127.0.0.1",
                  port: int = DEFAULT_CONTROL_PORT, lock_ttl_s: float = 10.0, lock_delay_s: float = 1.0) -> None:
         self.store = store
-        self.leadership = Leadership(store, identity, ttl_s=lock_ttl_s, lock_delay_s=lock_delay_s)
+        self.leadership = Leadership(store, identity, ttl_s=lock_ttl_s, lock_delay_s=lock_delay_s,
+                                     address=host, port=port)
         self.reconciler = Reconciler(store, self.leadership)
         self.host = host
         self.port = port

@@ -51,11 +51,18 @@ class Reconciler:
     async def run(self) -> None:
         kv_index = svc_index = 0
         while True:
-            if not self.leadership.is_leader:
-                self.leadership.changed.clear()
-                await self.leadership.changed.wait()
-                continue
             try:
+                # Every scheduler, leader or not, keeps a copy of the desired state
+                # and puts it back if the store loses it; only the leader plans.
+                await self._guard_against_store_reset()
+                if not self.leadership.is_leader:
+                    self.leadership.changed.clear()
+                    try:
+                        await asyncio.wait_for(self.leadership.changed.wait(), self.resync_s)
+                    except asyncio.TimeoutError:
+                        pass
+                    kv_index = svc_index = 0
+                    continue
                 await self.reconcile_once()
                 kv_index, svc_index = await self._wait_for_change(kv_index, svc_index)
             except StoreError as exc:
@@ -64,25 +71,30 @@ class Reconciler:
                 await asyncio.sleep(1.0)
 
     async def _guard_against_store_reset(self) -> None:
+        """A missing or different cluster marker means the store lost our state (a
+        Consul agent restarted in -dev mode, a server cluster rebuilt): put back
+        the specs and placements last seen, create-only, so nothing newer is touched."""
         marker = await self.store.get(KEYS.CLUSTER)
-        if marker is None and self._cluster_id is not None:
-            log.warning("the store lost the mesh's state (cluster marker %s gone; was Consul restarted "
-                        "without persistence?); restoring %d spec/placement key(s) this scheduler holds",
-                        self._cluster_id.decode(), len(self._seen))
+        lost = self._cluster_id is not None and (marker is None or marker.value != self._cluster_id)
+        if lost and self._seen:
+            log.warning("the store lost the mesh's state (cluster marker %s %s); restoring %d spec/placement "
+                        "key(s) this scheduler holds", self._cluster_id.decode() if self._cluster_id else "?",
+                        "gone" if marker is None else "replaced", len(self._seen))
             for key, value in self._seen.items():
                 await self.store.put(key, value, cas=0)
-        if marker is None:
+        if marker is None and (self._cluster_id is not None or self.leadership.is_leader):
             self._cluster_id = self._cluster_id or uuid.uuid4().hex.encode()
-            await self.store.put(KEYS.CLUSTER, self._cluster_id, cas=0)
-        else:
+            if not await self.store.put(KEYS.CLUSTER, self._cluster_id, cas=0):
+                marker = await self.store.get(KEYS.CLUSTER)
+        if marker is not None:
             self._cluster_id = marker.value
-        _, specs = await self.store.list(KEYS.MODELS)
-        _, pls = await self.store.list(KEYS.PLACEMENTS)
-        self._seen = {kv.key: kv.value for kv in (*specs, *pls)}
+        if self._cluster_id is not None:
+            _, specs = await self.store.list(KEYS.MODELS)
+            _, pls = await self.store.list(KEYS.PLACEMENTS)
+            self._seen = {kv.key: kv.value for kv in (*specs, *pls)}
 
     async def reconcile_once(self) -> int:
         """Plan once and write the changes; returns how many placements were written."""
-        await self._guard_against_store_reset()
         snap, pl_kvs = await read_snapshot(self.store)
         result = plan(snap)
         written = 0

@@ -514,6 +514,39 @@ def test_session_ttl_expiry_releases_lock(backend: Backend) -> None:
     backend.run(body)
 
 
+def test_session_tied_to_service_check_ends_when_check_fails(backend: Backend) -> None:
+    # Leader election relies on this: the lock goes when its holder stops feeding
+    # a short TTL check, long before the (>= 10 s on Consul) session TTL.
+    async def body(ctx: Ctx) -> None:
+        s, k = ctx.store, ctx.key("leader")
+        reg = ctx.service("holder", ttl_s=2.0)
+        await s.register_service(reg)
+        await s.pass_ttl(reg.service_id)
+        sid = await s.create_session(f"{ctx.prefix}tied", 30.0, 0.0, health_service_id=reg.service_id)
+        ctx.sessions.append(sid)
+        assert await s.acquire(k, b"me", sid)
+
+        async def released() -> bool:
+            kv = await s.get(k)
+            return kv is not None and kv.session is None
+
+        await eventually(released, 15, "lock release after the tied check went critical", interval=0.25)
+        assert not await s.renew_session(sid)
+
+    backend.run(body)
+
+
+def test_session_cannot_tie_to_critical_service(backend: Backend) -> None:
+    async def body(ctx: Ctx) -> None:
+        reg = ctx.service("down", ttl_s=5.0)
+        await ctx.store.register_service(reg)
+        await ctx.store.fail_ttl(reg.service_id)
+        with pytest.raises(StoreError):
+            await ctx.store.create_session(f"{ctx.prefix}x", 10.0, 0.0, health_service_id=reg.service_id)
+
+    backend.run(body)
+
+
 def test_renew_destroyed_session_returns_false(backend: Backend) -> None:
     async def body(ctx: Ctx) -> None:
         s = ctx.store

@@ -117,7 +117,10 @@ class Store(abc.ABC):
 
     # -- sessions and locks ----------------------------------------------
     @abc.abstractmethod
-    async def create_session(self, name: str, ttl_s: float, lock_delay_s: float) -> str: ...
+    async def create_session(self, name: str, ttl_s: float, lock_delay_s: float,
+                             health_service_id: str | None = None) -> str:
+        """A session; with ``health_service_id`` it also ends as soon as that
+        service's checks go critical (Consul: the session is tied to its checks)."""
 
     @abc.abstractmethod
     async def renew_session(self, session_id: str) -> bool:

@@ -350,14 +350,18 @@ class ConsulStore(Store):
                 return new_index, out
 
     # -- sessions and locks ----------------------------------------------------
-    async def create_session(self, name: str, ttl_s: float, lock_delay_s: float) -> str:
+    async def create_session(self, name: str, ttl_s: float, lock_delay_s: float,
+                             health_service_id: str | None = None) -> str:
         ttl = min(MAX_SESSION_TTL_S, max(MIN_SESSION_TTL_S, math.ceil(ttl_s)))
         delay = min(MAX_LOCK_DELAY_S, max(0.0, lock_delay_s))
         # py-consul formats lock_delay as "<n>s" and skips its default of 15.
         lock_delay: int | float = int(delay) if delay == int(delay) else delay
 
         def create(c: consul.Consul) -> str:
-            return c.session.create(name=name, ttl=ttl, lock_delay=lock_delay, behavior="release")
+            # Tied to the agent's serfHealth and the owner's TTL check: Consul ends the
+            # session as soon as either goes critical, well before the session TTL.
+            checks = ["serfHealth", _check_id(health_service_id)] if health_service_id else None
+            return c.session.create(name=name, ttl=ttl, lock_delay=lock_delay, behavior="release", checks=checks)
 
         sid = await self._run(f"creating session {name!r}", create)
         if not sid:

@@ -42,6 +42,7 @@ class _Session:
     lock_delay_s: float
     deadline: float
     keys: set[str] = field(default_factory=set)
+    service_id: str | None = None   # session ends when this service goes critical
 
 
 class MemoryStore(Store):
@@ -252,10 +253,17 @@ class MemoryStore(Store):
                 await asyncio.sleep(interval)
 
     # -- sessions ------------------------------------------------------------
-    async def create_session(self, name: str, ttl_s: float, lock_delay_s: float) -> str:
+    async def create_session(self, name: str, ttl_s: float, lock_delay_s: float,
+                             health_service_id: str | None = None) -> str:
         self._event()
+        if health_service_id is not None:
+            svc = self._services.get(health_service_id)
+            if svc is None or svc.status != "passing":
+                raise StoreError(f"cannot tie session {name!r} to service {health_service_id!r}: "
+                                 "it is not registered and passing")
         sid = str(uuid.uuid4())
-        self._sessions[sid] = _Session(name, ttl_s, lock_delay_s, time.monotonic() + ttl_s)
+        self._sessions[sid] = _Session(name, ttl_s, lock_delay_s, time.monotonic() + ttl_s,
+                                       service_id=health_service_id)
         return sid
 
     async def renew_session(self, session_id: str) -> bool:
@@ -313,8 +321,8 @@ class MemoryStore(Store):
         while True:
             await asyncio.sleep(_TICK_S)
             now = time.monotonic()
-            for sid in [s for s, v in self._sessions.items() if v.deadline < now]:
-                log.info("session %s (%s) expired; releasing its locks", sid, self._sessions[sid].name)
+            for sid in [s for s, v in self._sessions.items() if v.deadline < now or self._check_failed(v)]:
+                log.info("session %s (%s) expired or lost its health check; releasing its locks", sid, self._sessions[sid].name)
                 await self.destroy_session(sid)
             for svc in list(self._services.values()):
                 if svc.ttl_status == "passing" and svc.ttl_deadline < now:
@@ -326,6 +334,12 @@ class MemoryStore(Store):
                         and now - svc.critical_since > after):
                     log.info("service %s critical for %.0fs; deregistering", svc.reg.service_id, after)
                     await self.deregister_service(svc.reg.service_id)
+
+    def _check_failed(self, sess: _Session) -> bool:
+        if sess.service_id is None:
+            return False
+        svc = self._services.get(sess.service_id)
+        return svc is None or svc.status == "critical"
 
     async def close(self) -> None:
         for task in self._http_tasks.values():
