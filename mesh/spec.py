@@ -14,7 +14,7 @@ from urllib.parse import unquote
 import yaml
 
 from mesh.errors import SpecError
-from mesh.types import BatchingSpec, ModelSpec, Resources
+from mesh.types import AutoscalingSpec, BatchingSpec, ModelSpec, Resources
 
 __all__ = ["parse_spec", "load_spec_file", "parse_cpu", "parse_memory", "MAX_REPLICAS"]
 
@@ -58,14 +58,20 @@ def parse_spec(doc: str | Mapping[str, Any], base_dir: str | None = None) -> Mod
     spec = _mapping(root.get("spec"), "spec")
     _only(spec, "spec", {"predictor"})
     pred = _mapping(spec.get("predictor"), "spec.predictor")
-    _only(pred, "spec.predictor", {"minReplicas", "maxReplicas", "model", "resources", "nodeSelector", "batching"})
+    _only(pred, "spec.predictor", {"minReplicas", "maxReplicas", "model", "resources", "nodeSelector", "batching",
+                                   "scaleMetric", "scaleTarget", "scaleDownDelaySeconds", "idleTimeoutSeconds",
+                                   "stableWindowSeconds", "panicWindowSeconds", "panicThreshold",
+                                   "canaryTrafficPercent", "priority", "unloadWhenIdle"})
     p = "spec.predictor"
     min_r = _int(pred.get("minReplicas", 1), f"{p}.minReplicas", 0, MAX_REPLICAS)
     max_r = _int(pred.get("maxReplicas", max(min_r, 1)), f"{p}.maxReplicas", 1, MAX_REPLICAS)
     if max_r < min_r:
         raise SpecError(f"{p}.maxReplicas", f"must be >= minReplicas ({min_r}), got {max_r}")
     model = _mapping(pred.get("model"), f"{p}.model")
-    _only(model, f"{p}.model", {"modelFormat", "storageUri", "runtime"})
+    _only(model, f"{p}.model", {"modelFormat", "storageUri", "runtime", "version"})
+    model_version = model.get("version", "")
+    if not isinstance(model_version, (str, int)) or isinstance(model_version, bool):
+        raise SpecError(f"{p}.model.version", f"must be a string, got {model_version!r}")
     fmt = _mapping(model.get("modelFormat"), f"{p}.model.modelFormat")
     _only(fmt, f"{p}.model.modelFormat", {"name", "version"})
     if fmt.get("name") != "triton":
@@ -77,6 +83,12 @@ def parse_spec(doc: str | Mapping[str, Any], base_dir: str | None = None) -> Mod
         resources=_resources(pred.get("resources", {}), f"{p}.resources"),
         batching=_batching(pred.get("batching"), f"{p}.batching"),
         node_selector=_selector(pred.get("nodeSelector", {}), f"{p}.nodeSelector"),
+        model_version=str(model_version),
+        autoscaling=_autoscaling(pred, p),
+        canary_traffic_percent=(None if pred.get("canaryTrafficPercent") is None
+                                else _int(pred["canaryTrafficPercent"], f"{p}.canaryTrafficPercent", 0, 100)),
+        priority=_int(pred.get("priority", 0), f"{p}.priority", -1000, 1000),
+        unload_when_idle=_bool(pred.get("unloadWhenIdle", False), f"{p}.unloadWhenIdle"),
     )
 
 
@@ -147,6 +159,38 @@ def _batching(raw: Any, path: str) -> BatchingSpec | None:
         max_batch_size=_int(b.get("maxBatchSize", 8), f"{path}.maxBatchSize", 1, 4096),
         max_queue_delay_us=_int(b.get("maxQueueDelayMicroseconds", 500), f"{path}.maxQueueDelayMicroseconds", 0, 10_000_000),
     )
+
+
+def _autoscaling(pred: Mapping[str, Any], p: str) -> AutoscalingSpec:
+    metric = pred.get("scaleMetric", "concurrency")
+    if metric != "concurrency":
+        raise SpecError(f"{p}.scaleMetric", f"only 'concurrency' (in-flight requests per replica) is supported, "
+                                            f"got {metric!r}")
+    d = AutoscalingSpec()
+    return AutoscalingSpec(
+        metric=metric,
+        target=_number(pred.get("scaleTarget", d.target), f"{p}.scaleTarget", 0.01, 1e6),
+        stable_window_s=_number(pred.get("stableWindowSeconds", d.stable_window_s), f"{p}.stableWindowSeconds", 1, 3600),
+        panic_window_s=_number(pred.get("panicWindowSeconds", d.panic_window_s), f"{p}.panicWindowSeconds", 0.5, 3600),
+        panic_threshold=_number(pred.get("panicThreshold", d.panic_threshold), f"{p}.panicThreshold", 1.0, 100),
+        scale_down_delay_s=_number(pred.get("scaleDownDelaySeconds", d.scale_down_delay_s),
+                                   f"{p}.scaleDownDelaySeconds", 0, 86400),
+        idle_timeout_s=_number(pred.get("idleTimeoutSeconds", d.idle_timeout_s), f"{p}.idleTimeoutSeconds", 0, 86400),
+    )
+
+
+def _number(value: Any, path: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(path, f"must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise SpecError(path, f"must be between {lo:g} and {hi:g}, got {value}")
+    return float(value)
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(path, f"must be true or false, got {value!r}")
+    return value
 
 
 def _selector(raw: Any, path: str) -> dict[str, str]:

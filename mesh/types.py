@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
-    "Resources", "BatchingSpec", "ModelSpec", "NodeInfo", "Replica", "Placement",
-    "ReplicaStatus", "KEYS", "to_json", "from_json",
+    "Resources", "BatchingSpec", "AutoscalingSpec", "ModelSpec", "NodeInfo", "Replica", "Placement",
+    "ReplicaStatus", "ModelLoad", "LoadReport", "AutoscaleDecision", "KEYS", "to_json", "from_json",
 ]
 
 
@@ -58,6 +58,18 @@ class BatchingSpec:
 
 
 @dataclass(frozen=True)
+class AutoscalingSpec:
+    """KServe-style concurrency autoscaling (Knative's KPA semantics, simplified)."""
+    metric: str = "concurrency"     # in-flight requests per replica
+    target: float = 4.0             # per replica
+    stable_window_s: float = 60.0
+    panic_window_s: float = 6.0     # short window that reacts to bursts
+    panic_threshold: float = 2.0    # panic when the short-window load is this many times capacity
+    scale_down_delay_s: float = 30.0
+    idle_timeout_s: float = 60.0    # with minReplicas 0: no traffic this long -> zero replicas
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     storage_uri: str            # absolute local path of the Triton model directory
@@ -68,12 +80,17 @@ class ModelSpec:
     batching: BatchingSpec | None = None
     node_selector: dict[str, str] = field(default_factory=dict)
     generation: int = 0         # bumped by the scheduler on every apply
+    model_version: str = ""     # the user's label for the artifact (spec.predictor.model.version)
+    autoscaling: AutoscalingSpec = field(default_factory=lambda: AutoscalingSpec())
+    canary_traffic_percent: int | None = None   # None: rolling update; N: canary gets N% until promoted
+    priority: int = 0           # higher may evict lower-priority replicas above their minReplicas
+    unload_when_idle: bool = False  # opt-in: may be unloaded (LRU) when GPU memory is short
 
     @property
     def version(self) -> str:
-        """Artifact version: a short digest of the storage URI, so a scale or
-        resource change does not reload a model but a new artifact does."""
-        return hashlib.sha1(self.storage_uri.encode()).hexdigest()[:10]
+        """Artifact version: a short digest of the storage URI and the user's version
+        label, so a scale or resource change does not reload a model but a new artifact does."""
+        return hashlib.sha1(f"{self.storage_uri}\0{self.model_version}".encode()).hexdigest()[:10]
 
 
 @dataclass(frozen=True)
@@ -114,6 +131,34 @@ class ReplicaStatus:
     updated_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class ModelLoad:
+    """What one gateway saw of one model over its last report interval."""
+    in_flight: float = 0.0        # average requests in flight
+    peak_in_flight: int = 0
+    held: int = 0                 # requests waiting for a first replica (scale from zero)
+    requests: int = 0             # requests finished in the interval
+    last_request_at: float = 0.0  # wall clock, seconds
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    gateway: str
+    at: float                     # wall clock of the report
+    interval_s: float
+    models: dict[str, ModelLoad] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AutoscaleDecision:
+    """The autoscaler's latest answer for a model, kept for operators."""
+    model: str
+    desired: int
+    reason: str
+    at: float
+    panic: bool = False
+
+
 class KEYS:
     """Store key layout (see DESIGN.md, 'State')."""
     NODES = "mesh/nodes/"
@@ -121,6 +166,8 @@ class KEYS:
     PLACEMENTS = "mesh/placements/"
     STATUS = "mesh/status/"
     LOAD = "mesh/load/"
+    AUTOSCALE = "mesh/autoscale/"     # AutoscaleDecision per model
+    ROLLOUTS = "mesh/rollouts/"       # rollout state per model
     LEADER = "mesh/leader/scheduler"
     CLUSTER = "mesh/cluster"          # marker: its absence means the store lost our state
     SERVICE = "mesh-node"
@@ -141,6 +188,18 @@ class KEYS:
     def status(node_id: str, model: str) -> str:
         return f"mesh/status/{node_id}/{model}"
 
+    @staticmethod
+    def load(gateway: str) -> str:
+        return f"mesh/load/{gateway}"
+
+    @staticmethod
+    def autoscale(model: str) -> str:
+        return f"mesh/autoscale/{model}"
+
+    @staticmethod
+    def rollout(model: str) -> str:
+        return f"mesh/rollouts/{model}"
+
 
 def to_json(obj: Any) -> bytes:
     return json.dumps(asdict(obj), sort_keys=True, separators=(",", ":")).encode()
@@ -157,11 +216,16 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
         data["resources"] = Resources(**data.get("resources", {}))
         if data.get("batching"):
             data["batching"] = BatchingSpec(**data["batching"])
+        if data.get("autoscaling"):
+            data["autoscaling"] = AutoscalingSpec(**data["autoscaling"])
         return ModelSpec(**data)
     if cls is NodeInfo:
         data = dict(data)
         data["capacity"] = Resources(**data.get("capacity", {}))
         return NodeInfo(**data)
+    if cls is LoadReport:
+        return LoadReport(data["gateway"], data["at"], data["interval_s"],
+                          {m: ModelLoad(**v) for m, v in data.get("models", {}).items()})
     if cls is Placement:
         return Placement(data["model"], data["generation"],
                          tuple(Replica(**r) for r in data.get("replicas", ())),

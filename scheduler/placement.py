@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mesh.types import ModelSpec, NodeInfo, Placement, Replica, Resources
+from mesh.types import ModelLoad, ModelSpec, NodeInfo, Placement, Replica, Resources
 
 __all__ = ["Snapshot", "Plan", "plan", "desired_replicas"]
 
@@ -36,6 +36,9 @@ class Snapshot:
     desired: Mapping[str, int] = field(default_factory=dict)
     # (node, model) pairs whose replica reports ready at the placed version.
     ready: frozenset[tuple[str, str]] = frozenset()
+    now: float = 0.0                                   # wall clock of the snapshot
+    # Per model, the gateways' load summed over fresh reports (autoscaler, LRU unload).
+    load: Mapping[str, ModelLoad] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

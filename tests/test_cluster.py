@@ -101,6 +101,25 @@ def test_scheduler_leader_failover_keeps_placements(cluster: Cluster) -> None:
     cluster.add_scheduler("sched-late")  # keep two schedulers for what follows
 
 
+def test_gateway_restart_rebuilds_routing_from_store(cluster: Cluster, fraud_reference) -> None:
+    cluster.gateways[-1].kill9()
+    cluster.add_gateway()  # same ports, empty memory: everything comes from the store
+    x = np.random.default_rng(5).standard_normal((3, 16)).astype(np.float32)
+    inp = grpcclient.InferInput("features", [3, 16], "FP32")
+    inp.set_data_from_numpy(x)
+
+    def serving() -> bool:
+        try:
+            out = grpcclient.InferenceServerClient(cluster.grpc_url).infer(MODEL, [inp]).as_numpy("score")
+        except Exception:  # noqa: BLE001  (not up yet)
+            return False
+        np.testing.assert_allclose(out, fraud_reference(x), rtol=1e-5)
+        return True
+
+    t = _wait(serving, 60, "the restarted gateway to serve", cluster)
+    print(f"\ngateway restarted; serving again after {t:.1f}s")
+
+
 def test_consul_restart_state_lost_is_recovered(cluster: Cluster, fraud_reference) -> None:
     cluster.consul.restart()  # -dev: every key, service and session is gone
     client = grpcclient.InferenceServerClient(cluster.grpc_url)

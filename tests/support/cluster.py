@@ -95,13 +95,17 @@ class Cluster:
         for i in range(n_schedulers):
             self.add_scheduler(f"sched-{i}")
         self.gateway_grpc, self.gateway_http = free_port(), free_port()
-        self.gateways.append(Proc("gateway", [
-            "gateway.cli", "--store", self.consul.url, "--grpc-port", str(self.gateway_grpc),
-            "--http-port", str(self.gateway_http), "--metrics-port", str(free_port())],
-            self.work / "gateway.log").start())
+        self.add_gateway()
         for node in nodes:
             self.add_agent(node)
         self.wait_nodes(len(nodes))
+
+    def add_gateway(self) -> Proc:
+        p = Proc("gateway", ["gateway.cli", "--store", self.consul.url, "--grpc-port", str(self.gateway_grpc),
+                             "--http-port", str(self.gateway_http), "--metrics-port", str(free_port())],
+                 self.work / "gateway.log").start()
+        self.gateways.append(p)
+        return p
 
     def add_scheduler(self, ident: str) -> Proc:
         port = free_port()

@@ -25,6 +25,7 @@ class EmbeddedMesh:
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     control_port: int = field(default_factory=free_port)
+    store: str | None = None          # e.g. consul://127.0.0.1:8500; default: in-memory
     proc: subprocess.Popen | None = None
 
     @property
@@ -46,7 +47,7 @@ class EmbeddedMesh:
             [sys.executable, "-m", "mesh.cli", "--control", self.control, "up",
              "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
              "--metrics-port", str(self.metrics_port), "--node-id", "node-a",
-             "--work-dir", str(self.work / "node")],
+             "--work-dir", str(self.work / "node"), *(["--store", self.store] if self.store else [])],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
