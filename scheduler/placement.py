@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mesh.types import ModelLoad, ModelSpec, NodeInfo, Placement, Replica, Resources
+from scheduler.rollout import canary_count, rollout_step
 
 __all__ = ["Snapshot", "Plan", "plan", "desired_replicas"]
 
@@ -101,25 +102,32 @@ def _place_model(
             kept.append(Replica(r.replica_id, r.node, r.version, "draining"))
             if r.role != "draining":
                 why.append(f"replica {r.replica_id} draining: node {r.node} is being drained")
-        elif r.version != spec.version:
-            # A new artifact: reload in place on the same node (rollouts refine this).
-            kept.append(Replica(r.replica_id, r.node, spec.version, r.role))
-            why.append(f"replica {r.replica_id} updated to version {spec.version}")
         else:
-            kept.append(r)
+            kept.append(r)  # other versions are moved on by the rollout step below
 
     want = desired_replicas(spec, snap.desired.get(spec.name))
     draining = [r for r in kept if r.role == "draining"]
     kept = [r for r in kept if r.role != "draining"]
+    # Rollouts (scheduler/rollout.py): canary replicas stand beside the stable set;
+    # a rolling update moves one replica at a time to the new version.
+    step = rollout_step(spec, kept, draining, snap.ready,
+                        lambda taken: _choose_node(spec, snap, used, taken)[0] is not None)
+    kept, canaries, place_version = step.stable, step.canaries, step.place_version
+    draining = draining + step.to_drain
+    why.extend(step.why)
+    for gone in step.dropped:
+        _release(used, gone.node, spec)
+    # Scale down: other versions go first, then the newest.
+    kept.sort(key=lambda r: r.version == spec.version)
     while len(kept) > want:
-        gone = kept.pop()
+        gone = kept.pop(0) if kept[0].version != spec.version else kept.pop()
         _release(used, gone.node, spec)
         why.append(f"replica {gone.replica_id} removed: scaled to {want}")
 
     next_id = 1 + max((_ordinal(r.replica_id) for r in (old.replicas if old else ())), default=-1)
     unplaced: list[str] = []
     while len(kept) < want:
-        taken = {r.node for r in kept} | {r.node for r in draining}
+        taken = {r.node for r in kept} | {r.node for r in draining} | {r.node for r in canaries}
         node_id, rejected = _choose_node(spec, snap, used, taken)
         if node_id is None:
             unplaced.append("; ".join(rejected) or "no nodes are registered")
@@ -127,8 +135,29 @@ def _place_model(
         used[node_id] = used[node_id] + spec.resources
         rid = f"{spec.name}-{next_id}"
         next_id += 1
-        kept.append(Replica(rid, node_id, spec.version))
+        kept.append(Replica(rid, node_id, place_version))
         why.append(f"replica {rid} placed on {node_id}")
+    canary_want = canary_count(spec, want) if step.canary_mode else 0
+    while len(canaries) < canary_want:
+        taken = {r.node for r in kept} | {r.node for r in draining} | {r.node for r in canaries}
+        node_id, _rejected = _choose_node(spec, snap, used, taken)
+        if node_id is None:
+            if len(kept) > 1:  # no spare node: turn one stable replica into the canary, in place
+                r = kept.pop()
+                canaries.append(Replica(r.replica_id, r.node, spec.version, "canary"))
+                why.append(f"replica {r.replica_id} on {r.node} becomes the canary (version {spec.version})")
+                continue
+            break
+        used[node_id] = used[node_id] + spec.resources
+        rid = f"{spec.name}-{next_id}"
+        next_id += 1
+        canaries.append(Replica(rid, node_id, spec.version, "canary"))
+        why.append(f"canary {rid} (version {spec.version}) placed on {node_id}")
+    while len(canaries) > canary_want:
+        gone = canaries.pop()
+        _release(used, gone.node, spec)
+        why.append(f"canary {gone.replica_id} removed")
+    kept = kept + canaries
     # Drained replicas go once enough replacements are ready; until then they serve.
     ready_new = sum(1 for r in kept if (r.node, spec.name) in snap.ready)
     surplus = ready_new - (want - len(draining))

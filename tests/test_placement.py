@@ -94,11 +94,84 @@ def test_scale_down_removes_newest() -> None:
     assert [r.replica_id for r in s2.placements["m"].replicas] == ids[:1]
 
 
-def test_new_artifact_updates_version_in_place() -> None:
+def test_new_artifact_without_spare_node_reloads_in_place_once_ready() -> None:
     s = apply(snap([spec("m", 1)], [node("a")]))
     new = dataclasses.replace(spec("m", 1), storage_uri="/models/m-v2")
-    s2 = apply(dataclasses.replace(s, specs={"m": new}))
+    waiting = apply(dataclasses.replace(s, specs={"m": new}))  # replica not ready yet: wait
+    assert waiting.placements["m"].replicas == s.placements["m"].replicas
+    s2 = apply(dataclasses.replace(waiting, ready=frozenset({("a", "m")})))
     assert s2.placements["m"].replicas[0].version == new.version != s.placements["m"].replicas[0].version
+
+
+def _ready_all(s: Snapshot) -> Snapshot:
+    return dataclasses.replace(s, ready=frozenset((r.node, m) for m, pl in s.placements.items() for r in pl.replicas))
+
+
+def _versions(s: Snapshot, model: str = "m") -> list[tuple[str, str, str]]:
+    return sorted((r.node, r.version, r.role) for r in s.placements[model].replicas)
+
+
+def test_rolling_update_one_at_a_time_with_surge() -> None:
+    v1 = spec("m", 2)
+    v2 = dataclasses.replace(v1, storage_uri="/models/m-v2")
+    s = _ready_all(apply(snap([v1], [node("a"), node("b"), node("c")])))
+    s = apply(dataclasses.replace(s, specs={"m": v2}))
+    roles = [role for _, _, role in _versions(s)]
+    assert roles.count("draining") == 1 and len(roles) == 3   # one old drains beside its replacement
+    assert sum(1 for _, v, _ in _versions(s) if v == v2.version) == 1
+    s = apply(s)  # replacement not ready: nothing moves
+    assert len(s.placements["m"].replicas) == 3
+    for _ in range(6):
+        s = apply(_ready_all(s))
+    assert {v for _, v, _ in _versions(s)} == {v2.version} and len(s.placements["m"].replicas) == 2
+    assert all(role == "serving" for _, _, role in _versions(s))
+
+
+def test_canary_then_promote_then_done() -> None:
+    v1 = spec("m", 2)
+    s = _ready_all(apply(snap([v1], [node("a"), node("b"), node("c")])))
+    v2 = dataclasses.replace(v1, storage_uri="/models/m-v2", canary_traffic_percent=20)
+    s = _ready_all(apply(dataclasses.replace(s, specs={"m": v2})))
+    vs = _versions(s)
+    assert [(v, r) for _, v, r in vs].count((v2.version, "canary")) == 1
+    assert [(v, r) for _, v, r in vs].count((v1.version, "serving")) == 2
+    assert apply(s).placements == s.placements  # stable while the canary runs
+    promoted = dataclasses.replace(v2, canary_traffic_percent=None)
+    s = apply(dataclasses.replace(s, specs={"m": promoted}))
+    for _ in range(8):
+        s = apply(_ready_all(s))
+    assert {v for _, v, _ in _versions(s)} == {v2.version} and len(s.placements["m"].replicas) == 2
+
+
+def test_canary_rollback_removes_canaries() -> None:
+    v1 = spec("m", 2)
+    s = _ready_all(apply(snap([v1], [node("a"), node("b"), node("c")])))
+    v2 = dataclasses.replace(v1, storage_uri="/models/m-v2", canary_traffic_percent=50)
+    s = _ready_all(apply(dataclasses.replace(s, specs={"m": v2})))
+    assert len(s.placements["m"].replicas) == 3
+    s = apply(dataclasses.replace(s, specs={"m": v1}))
+    assert _versions(s) == sorted((n, v1.version, "serving") for n in nodes_of(s, "m"))
+    assert len(s.placements["m"].replicas) == 2
+
+
+def test_canary_without_spare_node_converts_one_stable() -> None:
+    v1 = spec("m", 2)
+    s = _ready_all(apply(snap([v1], [node("a"), node("b")])))
+    v2 = dataclasses.replace(v1, storage_uri="/models/m-v2", canary_traffic_percent=10)
+    s = apply(dataclasses.replace(s, specs={"m": v2}))
+    assert sorted((v, r) for _, v, r in _versions(s)) == sorted([(v1.version, "serving"), (v2.version, "canary")])
+
+
+def test_node_lost_mid_rollout_replaces_at_stable_version() -> None:
+    v1 = spec("m", 2)
+    s = _ready_all(apply(snap([v1], [node("a"), node("b"), node("c"), node("d")])))
+    v2 = dataclasses.replace(v1, storage_uri="/models/m-v2", canary_traffic_percent=10)
+    s = _ready_all(apply(dataclasses.replace(s, specs={"m": v2})))
+    stable_node = next(n for n, v, r in _versions(s) if r == "serving")
+    s = apply(dataclasses.replace(s, healthy=frozenset({"a", "b", "c", "d"} - {stable_node})))
+    vs = _versions(s)
+    assert [(v, r) for _, v, r in vs].count((v1.version, "serving")) == 2
+    assert stable_node not in [n for n, _, _ in vs]
 
 
 # -- properties ----------------------------------------------------------------
