@@ -29,12 +29,19 @@ class ModelRoute:
     name: str
     endpoints: list[Endpoint] = field(default_factory=list)
     draining: list[Endpoint] = field(default_factory=list)  # used only when nothing else is ready
+    canaries: list[Endpoint] = field(default_factory=list)
+    canary_percent: float = 0.0
     expected: int = 0     # replicas placed
     why_none: str = ""
 
     def pick(self, exclude: str | None = None) -> Endpoint | None:
-        """Least outstanding requests; ties broken at random (power of two choices)."""
-        eps = [e for e in self.endpoints if e.node != exclude] or [e for e in self.draining if e.node != exclude]
+        """Least outstanding requests; ties broken at random (power of two choices).
+        During a canary, ``canary_percent`` of requests go to the canary replicas."""
+        eps: list[Endpoint] = []
+        if self.canaries and (not self.endpoints or random.random() * 100 < self.canary_percent):
+            eps = [e for e in self.canaries if e.node != exclude]
+        eps = eps or [e for e in self.endpoints if e.node != exclude] or \
+            [e for e in self.canaries if e.node != exclude] or [e for e in self.draining if e.node != exclude]
         if not eps:
             return None
         if len(eps) <= 2:
@@ -90,7 +97,9 @@ class RoutingTable:
                 node = nodes.get(r.node)
                 if node is None or r.node not in healthy:
                     reasons.append(f"{r.node} unhealthy")
-                elif st is None or st.version != r.version or st.state != "ready":
+                # Ready at another version is a replica reloading in place: Triton
+                # serves the old version until the new one has loaded.
+                elif st is None or st.state != "ready":
                     reasons.append(f"{r.node} {st.state if st else 'pending'}"
                                    + (f" ({st.error})" if st and st.error else ""))
                 else:
@@ -98,7 +107,9 @@ class RoutingTable:
                     if ep is None or ep.address != node.address:
                         ep = Endpoint(r.node, node.address, node.http_address)
                         self._endpoints[r.node] = ep
-                    (route.draining if r.role == "draining" else route.endpoints).append(ep)
+                    {"draining": route.draining, "canary": route.canaries}.get(r.role, route.endpoints).append(ep)
+            spec = specs.get(pl.model)
+            route.canary_percent = float(spec.canary_traffic_percent or 0) if spec else 0.0
             if pl.unplaced:
                 reasons.append(f"unplaced: {pl.unplaced[0]}")
             route.why_none = "; ".join(reasons) or "no replicas placed"

@@ -5,6 +5,7 @@
     meshctl get models|nodes [--json]  what runs where
     meshctl delete MODEL
     meshctl scale MODEL --min N [--max M]
+    meshctl rollout status|promote|rollback MODEL [--wait]
 """
 from __future__ import annotations
 
@@ -67,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("model")
     sc.add_argument("--min", type=int, required=True)
     sc.add_argument("--max", type=int, default=0)
+
+    ro = sub.add_parser("rollout", help="follow or steer a new version's rollout")
+    ro.add_argument("action", choices=["status", "promote", "rollback"])
+    ro.add_argument("model")
+    ro.add_argument("--wait", action="store_true", help="with status: show progress until the rollout settles")
+    ro.add_argument("--timeout", type=float, default=600.0)
 
     args = p.parse_args(argv)
     try:
@@ -152,6 +159,8 @@ async def _client(args: argparse.Namespace) -> int:
                                  timeout=30)
             print(f"model {args.model} scaled (generation {r.generation})")
             return 0
+        if args.cmd == "rollout":
+            return await _rollout(stub, args)
         if args.what in ("models", "model"):
             models = (await stub.GetModels(cpb.GetModelsRequest(name=args.name or ""), timeout=30)).models
             if args.json:
@@ -179,6 +188,38 @@ async def _connect(control: str) -> grpc.aio.Channel:
         except asyncio.TimeoutError:
             await ch.close()
     return grpc.aio.insecure_channel(addresses[-1])
+
+
+async def _rollout(stub, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from meshproto import control_pb2 as cpb
+
+    r = await stub.Rollout(cpb.RolloutRequest(model=args.model, action=args.action), timeout=30)
+    if r.message:
+        print(r.message)
+    deadline = time.monotonic() + args.timeout
+    tty = sys.stdout.isatty()
+    while True:
+        bar_len = 20
+        done = r.replicas_new_ready / r.replicas_total if r.replicas_total else 1.0
+        bar = "#" * round(done * bar_len) + "-" * (bar_len - round(done * bar_len))
+        canary = f", canary {r.canary_traffic_percent}%" if r.phase == "canary" else ""
+        line = (f"{r.model}: {r.phase}{canary} [{bar}] {r.replicas_new_ready}/{r.replicas_total} replicas ready "
+                f"at {r.new_version} ({r.replicas_old} at other versions; stable {r.stable_version})")
+        print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+        settled = r.phase in ("complete", "idle") or (r.phase == "canary" and r.replicas_new_ready > 0)
+        if not (args.action == "status" and args.wait) or settled or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+        r = await stub.Rollout(cpb.RolloutRequest(model=args.model, action="status"), timeout=30)
+    if tty:
+        print()
+    if args.action == "status" and not args.wait:
+        for rep in r.replicas:
+            print(f"  {rep.replica_id:20} {rep.node:16} {rep.version:12} {rep.role:9} {rep.state}")
+    if args.wait and time.monotonic() > deadline:
+        print(f"meshctl: rollout of {args.model} did not settle in {args.timeout:.0f}s", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _wait_ready(stub, model: str, generation: int, timeout: float) -> int:  # type: ignore[no-untyped-def]

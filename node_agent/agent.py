@@ -191,18 +191,29 @@ class NodeAgent:
             if cur and cur.version == version and (
                     cur.state == "ready" or (cur.state == "failed" and time.time() - cur.at < _RETRY_FAILED_S)):
                 continue
-            kv = await self.store.get(KEYS.model(name))
-            if kv is None:
-                continue
-            spec = from_json(ModelSpec, kv.value)
-            if spec.version != version:
+            spec = await self._spec_for(name, version)
+            if spec is None:
                 continue  # the placement is behind the spec; the scheduler will catch up
             await self._load(spec)
 
+    async def _spec_for(self, name: str, version: str) -> ModelSpec | None:
+        """The spec of ``version``: the current one, or during a rollout the stable one."""
+        for key in (KEYS.model(name), KEYS.rollout(name)):
+            kv = await self.store.get(key)
+            if kv is not None:
+                spec = from_json(ModelSpec, kv.value)
+                if spec.version == version:
+                    return spec
+        return None
+
     async def _load(self, spec: ModelSpec) -> None:
+        cur = self._models.get(spec.name)
+        # A reload of a ready model: Triton keeps serving the old version until the
+        # new one has loaded, so the replica stays ready (at its old version) meanwhile.
         st = _Loaded(spec.version, "loading", at=time.time())
-        self._models[spec.name] = st
-        await self._write_status(spec.name, st)
+        if cur is None or cur.state != "ready":
+            self._models[spec.name] = st
+            await self._write_status(spec.name, st)
         t0 = time.monotonic()
         try:
             await asyncio.to_thread(install_model, spec.storage_uri, self.triton.repository, spec.name)
@@ -215,10 +226,12 @@ class NodeAgent:
             st.error = f"tritonserver on {self.cfg.node_id} failed to load {spec.name}: {exc.details()}"
         else:
             st.state, st.error = "ready", ""
+            self._models[spec.name] = st
             log.info("model %s (version %s) ready on %s in %.2fs", spec.name, spec.version,
                      self.cfg.node_id, time.monotonic() - t0)
         if st.state == "failed":
             log.error("%s", st.error)
+            self._models[spec.name] = st
         st.at = time.time()
         await self._write_status(spec.name, st)
 

@@ -13,7 +13,7 @@ import grpc
 from mesh.errors import SpecError
 from mesh.spec import parse_spec
 from mesh.store import Store
-from mesh.types import KEYS, ModelSpec, NodeInfo, ReplicaStatus, from_json, to_json
+from mesh.types import KEYS, ModelSpec, NodeInfo, Placement, ReplicaStatus, from_json, to_json
 from meshproto import control_pb2 as cpb
 from meshproto import control_pb2_grpc as cpb_grpc
 from scheduler.reconciler import read_snapshot
@@ -34,12 +34,57 @@ class SchedulerService(cpb_grpc.SchedulerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid spec: {exc}")
         while True:
             old = await self.store.get(KEYS.model(spec.name))
-            gen = (from_json(ModelSpec, old.value).generation if old else 0) + 1
+            prev = from_json(ModelSpec, old.value) if old else None
+            gen = (prev.generation if prev else 0) + 1
             new = dataclasses.replace(spec, generation=gen)
+            if prev is not None and prev.version != new.version:
+                await self._remember_stable(prev)
             if await self.store.put(KEYS.model(spec.name), to_json(new), cas=old.modify_index if old else 0):
                 log.info("applied %s (generation %d, %d..%d replicas, %s)", spec.name, gen,
                          spec.min_replicas, spec.max_replicas, spec.storage_uri)
                 return cpb.ApplyResponse(model=spec.name, created=old is None, generation=gen)
+
+    async def _remember_stable(self, prev: ModelSpec) -> None:
+        """Keep the spec being rolled away from: agents load its version for stable
+        replicas during a canary, and `rollback` re-applies it. A rollout that
+        starts before the last one finished keeps the older stable spec."""
+        kv = await self.store.get(KEYS.rollout(prev.name))
+        if kv is not None:
+            stable = from_json(ModelSpec, kv.value)
+            pl = await self.store.get(KEYS.placement(prev.name))
+            if pl is not None and any(r.version == stable.version for r in from_json(Placement, pl.value).replicas):
+                return
+        await self.store.put(KEYS.rollout(prev.name), to_json(prev))
+
+    async def Rollout(self, request: cpb.RolloutRequest, context: grpc.aio.ServicerContext) -> cpb.RolloutResponse:
+        if request.action not in ("status", "promote", "rollback"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"rollout action must be status, promote or rollback, got {request.action!r}")
+        kv = await self.store.get(KEYS.model(request.model))
+        if kv is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not deployed")
+        spec = from_json(ModelSpec, kv.value)
+        stable_kv = await self.store.get(KEYS.rollout(request.model))
+        stable = from_json(ModelSpec, stable_kv.value) if stable_kv else None
+        status = await rollout_view(self.store, spec, stable)
+        if request.action == "promote":
+            if status.phase != "canary":
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"model {request.model!r} has no canary to promote (phase {status.phase})")
+            new = dataclasses.replace(spec, canary_traffic_percent=None, generation=spec.generation + 1)
+            if not await self.store.put(KEYS.model(spec.name), to_json(new), cas=kv.modify_index):
+                await context.abort(grpc.StatusCode.ABORTED, "the spec changed meanwhile; try again")
+            status.message = f"promoted version {spec.version}: rolling the stable replicas to it"
+        elif request.action == "rollback":
+            if stable is None or stable.version == spec.version:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"model {request.model!r} has no earlier version to roll back to")
+            back = dataclasses.replace(stable, canary_traffic_percent=None, generation=spec.generation + 1)
+            if not await self.store.put(KEYS.model(spec.name), to_json(back), cas=kv.modify_index):
+                await context.abort(grpc.StatusCode.ABORTED, "the spec changed meanwhile; try again")
+            await self.store.put(KEYS.rollout(spec.name), to_json(spec))
+            status.message = f"rolling back from {spec.version} to {stable.version}"
+        return status
 
     async def Delete(self, request: cpb.DeleteRequest, context: grpc.aio.ServicerContext) -> cpb.DeleteResponse:
         if await self.store.get(KEYS.model(request.model)) is None:
@@ -85,6 +130,23 @@ class SchedulerService(cpb_grpc.SchedulerServicer):
         return cpb.GetNodesResponse(nodes=out)
 
 
+async def rollout_view(store: Store, spec: ModelSpec, stable: ModelSpec | None) -> cpb.RolloutResponse:
+    views = [v for v in await model_views(store) if v.name == spec.name]
+    replicas = list(views[0].replicas) if views else []
+    old = [r for r in replicas if r.version != spec.version]
+    new_ready = sum(1 for r in replicas if r.version == spec.version and r.state == "ready")
+    if old and spec.canary_traffic_percent is not None:
+        phase = "canary"
+    elif old or new_ready < len(replicas) or any(r.role == "draining" for r in replicas):
+        phase = "rolling"
+    else:
+        phase = "complete" if stable is not None else "idle"
+    return cpb.RolloutResponse(
+        model=spec.name, phase=phase, stable_version=stable.version if stable else spec.version,
+        new_version=spec.version, canary_traffic_percent=spec.canary_traffic_percent or 0,
+        replicas_total=len(replicas), replicas_new_ready=new_ready, replicas_old=len(old), replicas=replicas)
+
+
 async def model_views(store: Store) -> list[cpb.ModelView]:
     snap, _ = await read_snapshot(store)
     _, status_kvs = await store.list(KEYS.STATUS)
@@ -99,7 +161,12 @@ async def model_views(store: Store) -> list[cpb.ModelView]:
         replicas = []
         for r in (pl.replicas if pl else ()):
             st = statuses.get((r.node, name))
-            state = st.state if st and st.version == r.version else "pending"
+            if st is None:
+                state = "pending"
+            elif st.version != r.version:
+                state = "updating" if st.state == "ready" else "pending"  # serving the old version meanwhile
+            else:
+                state = st.state
             if state == "ready" and r.node not in snap.healthy:
                 state = "unhealthy"
             replicas.append(cpb.ReplicaView(replica_id=r.replica_id, node=r.node, version=r.version,

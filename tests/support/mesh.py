@@ -118,3 +118,27 @@ spec:
     resources: {{limits: {{cpu: 100m, memory: 256Mi}}}}
 {extra}""")
     return path
+
+
+def fraud_version(dest: Path, seed: int) -> Path:
+    """A copy of the fraud model whose weights come from another seed: a new version
+    whose answers can be told apart from the original's."""
+    import shutil
+
+    src = ROOT / "examples" / "fraud" / "model"
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    code = (dest / "1" / "model.py").read_text()
+    (dest / "1" / "model.py").write_text(code.replace("SEED = 20261125", f"SEED = {seed}"))
+    return dest
+
+
+def fraud_forward(seed: int):  # type: ignore[no-untyped-def]
+    """The fraud model's numpy forward pass with the weights of ``seed``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fraud_model_ref", ROOT / "examples" / "fraud" / "model" / "1" / "model.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    params = mod.weights(seed)
+    return lambda x: mod.forward(x, params)
