@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from support.cluster import Cluster, Load
-from support.mesh import ROOT, write_spec
+from support.mesh import ROOT, fraud_forward, fraud_version, write_spec
 
 pytestmark = pytest.mark.e2e
 MODEL = "fraud2"
@@ -136,6 +136,39 @@ def test_consul_restart_state_lost_is_recovered(cluster: Cluster, fraud_referenc
     t = _wait(serving, 120, "the model served again after Consul lost its state", cluster)
     print(f"\nconsul restarted with empty state; serving again after {t:.1f}s")
     assert cluster.kv("mesh/models/" + MODEL)[1] is not None
+
+
+def test_canary_then_promote_under_load(cluster: Cluster, fraud_reference) -> None:
+    x = np.random.default_rng(21).standard_normal((1, 16)).astype(np.float32)
+    v1, v2 = fraud_reference(x), fraud_forward(303)(x)
+    spec = write_spec(cluster.work / "fraud2-v2.yaml", MODEL, fraud_version(cluster.work / "fraud-v2", 303), 2, 3,
+                      extra="canaryTrafficPercent: 30\n")
+    client = grpcclient.InferenceServerClient(cluster.grpc_url)
+    inp = grpcclient.InferInput("features", [1, 16], "FP32")
+    inp.set_data_from_numpy(x)
+    with Load(cluster.grpc_url, MODEL) as load:
+        r = cluster.meshctl("apply", "-f", str(spec))
+        assert r.returncode == 0, r.stderr
+        r = cluster.meshctl("rollout", "status", MODEL, "--wait", "--timeout", "120")
+        assert r.returncode == 0 and "canary 30%" in r.stdout, r.stdout + r.stderr
+        roles = sorted((rep["role"], rep["state"]) for rep in cluster.models()[MODEL]["replicas"])
+        assert roles == [("canary", "ready"), ("serving", "ready"), ("serving", "ready")], roles
+        seen = {"v1": 0, "v2": 0}
+        for _ in range(100):
+            out = client.infer(MODEL, [inp]).as_numpy("score")
+            seen["v2" if np.allclose(out, v2, rtol=1e-5) else "v1"] += 1
+            assert np.allclose(out, v1, rtol=1e-5) or np.allclose(out, v2, rtol=1e-5)
+        r = cluster.meshctl("rollout", "promote", MODEL)
+        assert r.returncode == 0, r.stderr
+        r = cluster.meshctl("rollout", "status", MODEL, "--wait", "--timeout", "180")
+        assert r.returncode == 0 and "complete" in r.stdout, r.stdout + r.stderr + cluster.tails()
+        time.sleep(3)
+    print(f"\ncanary 30%: {seen}; promote completed; requests ok {load.ok}, failed {len(load.failures)}")
+    assert 5 <= seen["v2"] <= 70, seen   # about 30% (one canary among the replicas)
+    assert load.failures == [], load.failures[:5]
+    assert np.allclose(client.infer(MODEL, [inp]).as_numpy("score"), v2, rtol=1e-5)
+    assert {rep["version"] for rep in cluster.models()[MODEL]["replicas"]} == \
+        {rep["version"] for rep in cluster.models()[MODEL]["replicas"] if rep["state"] == "ready"}
 
 
 def test_spec_uses_absolute_storage(cluster: Cluster) -> None:
