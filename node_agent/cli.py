@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--host", default="127.0.0.1", help="address Triton and the agent listen on")
     run.add_argument("--port", type=int, default=8011, help="agent control API port")
     run.add_argument("--work-dir", default=None)
-    run.add_argument("--triton-bin", default=None)
+    run.add_argument("--triton-bin", default=None, help="tritonserver binary (default: the one in nvidia-pytriton)")
+    run.add_argument("--backend-dir", default=None, help="Triton backends directory (with --triton-bin)")
     run.add_argument("--triton-grpc-port", type=int, default=0)
     run.add_argument("--triton-http-port", type=int, default=0)
     run.add_argument("--cpu", default=None, help="CPU to offer (default: all cores), e.g. 4 or 3500m")
@@ -71,6 +72,7 @@ def _run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     cfg = AgentConfig(node_id=args.node_id, work_dir=work, host=args.host, capacity=cap, labels=labels,
                       ttl_s=args.ttl, triton=TritonConfig(work_dir=work / "triton", host=args.host,
                                                           triton_bin=args.triton_bin,
+                                                          backend_dir=args.backend_dir,
                                                           grpc_port=args.triton_grpc_port,
                                                           http_port=args.triton_http_port))
 
