@@ -32,6 +32,7 @@ class AgentConfig:
     node_id: str
     work_dir: Path
     host: str = "127.0.0.1"
+    advertise: str = ""         # address others reach this host at (default: host; needed with 0.0.0.0)
     capacity: Resources = field(default_factory=Resources)
     labels: dict[str, str] = field(default_factory=dict)
     triton: TritonConfig | None = None
@@ -100,10 +101,14 @@ class NodeAgent:
             await self._channel.close()
         await self.triton.stop()
 
+    @property
+    def advertised(self) -> str:
+        return self.cfg.advertise or self.cfg.host
+
     def node_info(self) -> NodeInfo:
         return NodeInfo(
-            node_id=self.cfg.node_id, address=self.triton.grpc_address,
-            http_address=self.triton.http_address, capacity=self.cfg.capacity,
+            node_id=self.cfg.node_id, address=f"{self.advertised}:{self.triton.grpc_port}",
+            http_address=f"{self.advertised}:{self.triton.http_port}", capacity=self.cfg.capacity,
             labels=dict(self.cfg.labels), cordoned=self.cordoned, agent_address=self.cfg.agent_address,
             draining=self.draining,
         )
@@ -120,11 +125,11 @@ class NodeAgent:
     async def _register(self) -> None:
         await self.store.put(KEYS.node(self.cfg.node_id), to_json(self.node_info()))
         await self.store.register_service(ServiceRegistration(
-            service_id=self.cfg.node_id, name=KEYS.SERVICE, address=self.cfg.host,
+            service_id=self.cfg.node_id, name=KEYS.SERVICE, address=self.advertised,
             port=self.triton.grpc_port,
-            meta={"http": self.triton.http_address, "agent": self.cfg.agent_address},
+            meta={"http": f"{self.advertised}:{self.triton.http_port}", "agent": self.cfg.agent_address},
             ttl_s=self.cfg.ttl_s, deregister_critical_after_s=self.cfg.deregister_after_s,
-            http_check_url=f"http://{self.triton.http_address}/v2/health/ready",
+            http_check_url=f"http://{self.advertised}:{self.triton.http_port}/v2/health/ready",
             http_check_interval_s=max(0.5, self.cfg.heartbeat_s),
         ))
         await self.store.pass_ttl(self.cfg.node_id)

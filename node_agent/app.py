@@ -24,7 +24,7 @@ class NodeAgentApp:
         if bound == 0:
             raise OSError(f"node agent cannot bind control port {cfg.host}:{control_port} (in use?)")
         self.control_port = bound
-        self.agent = NodeAgent(dataclasses.replace(cfg, agent_address=f"{cfg.host}:{bound}"), store)
+        self.agent = NodeAgent(dataclasses.replace(cfg, agent_address=f"{cfg.advertise or cfg.host}:{bound}"), store)
         cpb_grpc.add_NodeAgentServicer_to_server(NodeAgentService(self.agent), self._server)
 
     async def start(self) -> None:

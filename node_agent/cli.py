@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--store", default=None, help="consul://HOST:PORT (env MESH_STORE)")
     run.add_argument("--node-id", default=socket.gethostname())
     run.add_argument("--host", default="127.0.0.1", help="address Triton and the agent listen on")
+    run.add_argument("--advertise", default="", help="address gateways reach this host at (default: --host; "
+                     "required with --host 0.0.0.0)")
     run.add_argument("--port", type=int, default=8011, help="agent control API port")
     run.add_argument("--work-dir", default=None)
     run.add_argument("--triton-bin", default=None, help="tritonserver binary (default: the one in nvidia-pytriton)")
@@ -69,7 +71,10 @@ def _run(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     cap = detect_capacity(parse_cpu(args.cpu, "--cpu") if args.cpu else None,
                           parse_memory(args.memory, "--memory") if args.memory else None)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix=f"node-agent-{args.node_id}-"))
-    cfg = AgentConfig(node_id=args.node_id, work_dir=work, host=args.host, capacity=cap, labels=labels,
+    if args.host == "0.0.0.0" and not args.advertise:
+        p.error("with --host 0.0.0.0, give --advertise ADDRESS (how gateways and the store's checks reach this host)")
+    cfg = AgentConfig(node_id=args.node_id, work_dir=work, host=args.host, advertise=args.advertise,
+                      capacity=cap, labels=labels,
                       ttl_s=args.ttl, triton=TritonConfig(work_dir=work / "triton", host=args.host,
                                                           triton_bin=args.triton_bin,
                                                           backend_dir=args.backend_dir,
