@@ -1,30 +1,93 @@
 """The pure core of the scheduler: ``plan(snapshot) -> Plan``.
 
-No I/O, no clock: everything the decision needs is in the snapshot, so two
-schedulers given the same state compute the same plan, and planning the plan's
-result again changes nothing.
+No I/O, no clock: everything the decision needs is in the snapshot (``snap.now``
+is the time), so two schedulers given the same state compute the same plan, and
+planning the plan's result again changes nothing.
 
-Rules, in order, per model (models in name order, for determinism):
+Order: models are planned one at a time, non-idle models first, then by
+``priority`` (highest first), then by name; models that may be unloaded while
+idle (``unload_when_idle`` and idle, see rule 7) come last. Per model:
+
 1. keep replicas on nodes that are healthy, known and still satisfy the spec's
    node selector (cordoned nodes keep what they run; they only refuse new work);
    a replica on a *draining* node stays, marked ``draining``, until a replacement
    elsewhere is ready, and only then goes (no capacity gap, no failed request);
-2. drop replicas above the desired count (newest first);
+   replicas evicted or unloaded for another model earlier in this plan go;
+2. rollouts (``scheduler/rollout.py``), then drop replicas above the desired
+   count (other versions first, then the newest);
 3. place missing replicas: at most one replica of a model per node (Triton
    serves a model name once per server; intra-node parallelism is the model's
-   instance_group), on nodes with room for the spec's resources, preferring
-   the node left with the least free room after placement (best fit);
-4. replicas that fit nowhere are reported with the reason for each node.
+   instance_group), only on healthy, uncordoned, undrained nodes whose labels
+   match ``nodeSelector`` and with free room on all four dimensions (CPU,
+   memory, GPU count, GPU memory; never over-committed). A spec that asks for
+   a GPU (count or memory) only goes to nodes with GPUs.
+   * **Spread**: the zone (label ``zone``, else ``topology.kubernetes.io/zone``;
+     unlabelled nodes form one zone) holding the fewest replicas of this model
+     wins; among equally loaded zones, the best fit.
+   * **Bin-packing (best fit)**: the node left with the least free room on the
+     spec's scarcest dimension wins: GPU memory (then GPU count, CPU, memory)
+     for a spec asking for GPU memory; GPU count first for one asking only for
+     GPUs; for a CPU-only spec, CPU or memory, whichever it asks the larger
+     share of the schedulable cluster's total for, and then it prefers nodes
+     without GPUs (GPU nodes keep their CPU and memory for GPU models). Ties go
+     to the node id, so the plan is deterministic.
+4. **Priority**: a non-idle model that still cannot place a replica may evict
+   replicas (role ``serving``) of models with a strictly lower ``priority``,
+   never taking such a model below its ``minReplicas`` (counting its replicas on
+   healthy, matching, undrained nodes). On each candidate node victims are
+   taken lowest priority first until the replica fits, then any victim not
+   needed is given back; the node chosen is the one whose highest evicted
+   priority is lowest, then with the fewest evictions, then the spread and
+   best-fit order above. Both models' reasons say so: the evicting model
+   ``replica X-3 placed on n1 after evicting V-2 (priority 0)``, the victim
+   ``replica V-2 on n1 evicted for X (priority 10)``; an evicted replica that
+   finds no other room is reported unplaced as ``evicted for X (priority 10)``.
+5. **LRU unload (opt-in)**: in that same search, replicas of *other* models
+   with ``unload_when_idle`` that are idle may be unloaded, even below their
+   ``minReplicas``, and before any eviction (nobody is using them): a node
+   needing only unloads beats one needing an eviction, and among those the one
+   whose most recently used unloaded model was used longest ago (least
+   recently used first; on one node, least recently used first too). Idle
+   means: no in-flight, peak or held requests in ``snap.load`` and
+   ``last_request_at`` at least ``LRU_IDLE_S`` (60 s) before ``snap.now`` (no
+   load report: never used, i.e. ``last_request_at`` 0). The unloaded replica
+   is reported unplaced as ``unloaded while idle (LRU) for X`` and comes back
+   as soon as there is free room for it again, or evicts/unloads others once
+   it is busy again (the gateway holds its requests, so it is not idle). An
+   idle model never evicts or unloads anything (no ping-pong between two idle
+   models).
+6. replicas that fit nowhere are reported, one reason per missing replica: for
+   up to ``DETAIL_NODES`` nodes the reason of each node, beyond that counts
+   per reason. The wording of an unchanged shortfall is kept (no churn).
+
+``plan`` repeats this step on its own result (with readiness kept only for
+replicas that the step left as they were) until nothing changes, at most
+``MAX_PASSES`` times, so space freed late in a step (a lost node, a scale-down,
+an eviction) is used in the same plan and the plan is a fixed point.
+
+Speed: nodes are indexed per (node selector, dimension order) in lists sorted
+by free room, one per zone and tier, so a placement is a bisect plus a short
+scan instead of a scan of every node; a stable state replans in
+O(replicas). Nothing existing moves for an unrelated change (a model or node
+added or removed): replicas are never rebalanced.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 
 from mesh.types import ModelLoad, ModelSpec, NodeInfo, Placement, Replica, Resources
 from scheduler.rollout import canary_count, rollout_step
 
-__all__ = ["Snapshot", "Plan", "plan", "desired_replicas"]
+__all__ = ["Snapshot", "Plan", "plan", "desired_replicas", "LRU_IDLE_S", "ZONE_LABELS", "DETAIL_NODES", "MAX_PASSES"]
+
+LRU_IDLE_S = 60.0       # a model unused this long (and nothing in flight) is idle, for LRU unload
+ZONE_LABELS = ("zone", "topology.kubernetes.io/zone")
+DETAIL_NODES = 10       # unplaced reasons name each node up to this many nodes, then count per reason
+MAX_PASSES = 4          # plan steps repeated on their own result until nothing changes
 
 
 @dataclass(frozen=True)
@@ -55,30 +118,390 @@ def desired_replicas(spec: ModelSpec, asked: int | None) -> int:
 
 
 def plan(snap: Snapshot) -> Plan:
-    used = _usage(snap)
+    changed, reasons = _plan_once(snap)
+    step, cur = changed, snap
+    for _ in range(MAX_PASSES - 1):
+        if not step:
+            break
+        cur = _applied(cur, step)
+        step, why = _plan_once(cur)
+        for name, pl in step.items():
+            changed[name] = pl
+            reasons[name] = reasons.get(name, ()) + why[name]
+    out = {m: pl for m, pl in changed.items() if snap.placements.get(m) != pl}
+    deletions = tuple(sorted(m for m in snap.placements if m not in snap.specs))
+    return Plan(out, deletions, {m: reasons[m] for m in out})
+
+
+def _plan_once(snap: Snapshot) -> tuple[dict[str, Placement], dict[str, tuple[str, ...]]]:
+    used = _Usage(snap)
     changed: dict[str, Placement] = {}
     reasons: dict[str, tuple[str, ...]] = {}
-    for name in sorted(snap.specs):
-        spec = snap.specs[name]
+    specs = snap.specs
+    for name in sorted(specs, key=lambda m: (used.idle[m], -specs[m].priority, m)):
+        spec = specs[name]
         old = snap.placements.get(name)
         new, why = _place_model(spec, old, snap, used)
+        notes = used.notes.pop(name, None)  # evicted or unloaded for a model planned earlier
         if old is None or new != old:
             changed[name] = new
-            reasons[name] = tuple(why)
-    deletions = tuple(sorted(m for m in snap.placements if m not in snap.specs))
-    return Plan(changed, deletions, reasons)
+            reasons[name] = tuple((notes or []) + why)
+    return changed, reasons
 
 
-def _usage(snap: Snapshot) -> dict[str, Resources]:
-    used: dict[str, Resources] = {n: Resources() for n in snap.nodes}
-    for name, pl in snap.placements.items():
-        spec = snap.specs.get(name)
-        if spec is None:
+def _applied(snap: Snapshot, step: Mapping[str, Placement]) -> Snapshot:
+    """The snapshot after ``step``: replicas it moved, added or reloaded are not ready yet."""
+    ready = set()
+    versions: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+    for node_id, model in snap.ready:
+        if model not in step:
+            ready.add((node_id, model))
             continue
-        for r in pl.replicas:
-            if r.node in used:
-                used[r.node] = used[r.node] + spec.resources
-    return used
+        if model not in versions:
+            before = snap.placements.get(model)
+            versions[model] = ({r.node: r.version for r in before.replicas} if before else {},
+                               {r.node: r.version for r in step[model].replicas})
+        before_v, after_v = versions[model]
+        if node_id in after_v and after_v[node_id] == before_v.get(node_id):
+            ready.add((node_id, model))
+    return dataclasses.replace(snap, placements={**snap.placements, **step}, ready=frozenset(ready))
+
+
+_CPU, _MEM, _GPUS, _GMEM = range(4)
+_DIM_NAMES = ("cpu", "memory", "gpus", "gpu memory")
+_Vec = tuple[int, int, int, int]
+_Key = tuple[int, int, int, int, str]   # free room in a pool's dimension order, then the node id
+
+
+def _vec(r: Resources) -> _Vec:
+    return (r.cpu_millis, r.memory_bytes, r.gpu_count, r.gpu_memory_bytes)
+
+
+def _fits(req: _Vec, free: list[int]) -> bool:
+    return req[0] <= free[0] and req[1] <= free[1] and req[2] <= free[2] and req[3] <= free[3]
+
+
+def _wants_gpu(r: Resources) -> bool:
+    return r.gpu_count > 0 or r.gpu_memory_bytes > 0
+
+
+def _zone(node: NodeInfo) -> str:
+    for label in ZONE_LABELS:
+        z = node.labels.get(label)
+        if z:
+            return z
+    return ""
+
+
+def _last_used(name: str, snap: Snapshot) -> float:
+    load = snap.load.get(name)
+    return load.last_request_at if load is not None else 0.0
+
+
+def _idle(spec: ModelSpec, snap: Snapshot) -> bool:
+    """May be unloaded (LRU) for another model: opted in, nothing in flight, unused for LRU_IDLE_S."""
+    if not spec.unload_when_idle:
+        return False
+    load = snap.load.get(spec.name)
+    if load is not None and (load.in_flight > 0 or load.peak_in_flight > 0 or load.held > 0):
+        return False
+    return snap.now - _last_used(spec.name, snap) >= LRU_IDLE_S
+
+
+class _Pool:
+    """Schedulable nodes matching one node selector, sorted by free room in one dimension order.
+
+    ``lists[zone][tier]`` holds keys ``(free in dims order..., node_id)``; tier 0 is
+    preferred (for a CPU-only spec: nodes without GPUs; for a GPU spec: all GPU nodes).
+    """
+    __slots__ = ("dims", "gpu", "lists", "zones", "nodes", "mismatch", "no_gpu")
+
+    def __init__(self, dims: _Vec, gpu: bool) -> None:
+        self.dims = dims
+        self.gpu = gpu
+        self.lists: dict[str, tuple[list[_Key], list[_Key]]] = {}
+        self.zones: list[str] = []
+        self.nodes: set[str] = set()
+        self.mismatch = 0   # schedulable nodes whose labels do not match
+        self.no_gpu = 0     # schedulable, matching nodes without GPUs (GPU specs only)
+
+    def key(self, node_id: str, f: list[int]) -> _Key:
+        a, b, c, d = self.dims
+        return (f[a], f[b], f[c], f[d], node_id)
+
+
+class _Usage:
+    """One plan step's ledger: free room per node, who holds what, and the node index."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        nodes = snap.nodes
+        self.free: dict[str, list[int]] = {nid: list(_vec(n.capacity)) for nid, n in nodes.items()}
+        self.holders: dict[str, dict[str, Replica]] = {nid: {} for nid in nodes}
+        self.count: dict[str, int] = {}   # replicas a model keeps, for "never below minReplicas"
+        for name, pl in snap.placements.items():
+            spec = snap.specs.get(name)
+            if spec is None:
+                continue
+            c, m, g, gm = _vec(spec.resources)
+            keeps = 0
+            for r in pl.replicas:
+                f = self.free.get(r.node)
+                if f is None:
+                    continue
+                f[0] -= c
+                f[1] -= m
+                f[2] -= g
+                f[3] -= gm
+                self.holders[r.node][name] = r
+                node = nodes[r.node]
+                if (r.role != "draining" and r.node in snap.healthy and not node.draining
+                        and _selector_ok(spec, node)):
+                    keeps += 1
+            self.count[name] = keeps
+        self.idle = {name: _idle(spec, snap) for name, spec in snap.specs.items()}
+        self.idle_models = {m for m, i in self.idle.items() if i}
+        self.zone = {nid: _zone(n) for nid, n in nodes.items()}
+        self.order = sorted(nodes)
+        self.sched = [nid for nid in self.order
+                      if nid in snap.healthy and not nodes[nid].cordoned and not nodes[nid].draining]
+        self.total_cpu = sum(nodes[nid].capacity.cpu_millis for nid in self.sched)
+        self.total_mem = sum(nodes[nid].capacity.memory_bytes for nid in self.sched)
+        self.pools: dict[tuple[tuple[tuple[str, str], ...], _Vec], _Pool] = {}
+        self.member: dict[str, list[tuple[_Pool, list[_Key]]]] = {nid: [] for nid in self.sched}
+        self.evicted: dict[str, dict[str, str]] = {}   # model -> replica id -> unplaced reason
+        self.notes: dict[str, list[str]] = {}          # model -> reasons for the victim's plan
+        self._floor: int | None = None
+
+    # -- the index ------------------------------------------------------------
+    def pool(self, spec: ModelSpec) -> _Pool:
+        r = spec.resources
+        if _wants_gpu(r):
+            dims: _Vec = (_GMEM, _GPUS, _CPU, _MEM) if r.gpu_memory_bytes else (_GPUS, _GMEM, _CPU, _MEM)
+        elif r.memory_bytes * self.total_cpu > r.cpu_millis * self.total_mem:
+            dims = (_MEM, _CPU, _GMEM, _GPUS)
+        else:
+            dims = (_CPU, _MEM, _GMEM, _GPUS)
+        key = (tuple(sorted(spec.node_selector.items())), dims)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = self._build(spec, dims)
+        return pool
+
+    def _build(self, spec: ModelSpec, dims: _Vec) -> _Pool:
+        gpu = dims[0] in (_GMEM, _GPUS)
+        pool = _Pool(dims, gpu)
+        for nid in self.sched:
+            node = self.snap.nodes[nid]
+            if not _selector_ok(spec, node):
+                pool.mismatch += 1
+                continue
+            has_gpu = node.capacity.gpu_count > 0
+            if gpu and not has_gpu:
+                pool.no_gpu += 1
+                continue
+            lst = pool.lists.setdefault(self.zone[nid], ([], []))[1 if has_gpu and not gpu else 0]
+            lst.append(pool.key(nid, self.free[nid]))
+            pool.nodes.add(nid)
+            self.member[nid].append((pool, lst))
+        for tiers in pool.lists.values():
+            for lst in tiers:
+                lst.sort()
+        pool.zones = sorted(pool.lists)
+        return pool
+
+    def _add(self, node_id: str, v: _Vec, sign: int) -> None:
+        f = self.free.get(node_id)
+        if f is None:
+            return
+        member = self.member.get(node_id)
+        if member:
+            for pool, lst in member:
+                del lst[bisect_left(lst, pool.key(node_id, f))]
+        f[0] += sign * v[0]
+        f[1] += sign * v[1]
+        f[2] += sign * v[2]
+        f[3] += sign * v[3]
+        if member:
+            for pool, lst in member:
+                insort(lst, pool.key(node_id, f))
+
+    def take(self, node_id: str, spec: ModelSpec, replica: Replica | None = None) -> None:
+        self._add(node_id, _vec(spec.resources), -1)
+        if replica is not None and node_id in self.holders:
+            self.holders[node_id][spec.name] = replica
+
+    def release(self, node_id: str, spec: ModelSpec) -> None:
+        self._add(node_id, _vec(spec.resources), 1)
+        held = self.holders.get(node_id)
+        if held is not None:
+            held.pop(spec.name, None)
+
+    def _zone_counts(self, taken: Iterable[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for nid in taken:
+            z = self.zone.get(nid)
+            if z is not None:
+                counts[z] = counts.get(z, 0) + 1
+        return counts
+
+    # -- choosing -------------------------------------------------------------
+    def choose(self, spec: ModelSpec, taken: set[str]) -> str | None:
+        """The best node with free room for one more replica, or None (see the module docstring)."""
+        pool = self.pool(spec)
+        req = _vec(spec.resources)
+        first = (req[pool.dims[0]],)
+        free = self.free
+        if len(pool.zones) <= 1:
+            groups = [pool.zones]
+        else:
+            zc = self._zone_counts(taken)
+            levels: dict[int, list[str]] = {}
+            for z in pool.zones:
+                levels.setdefault(zc.get(z, 0), []).append(z)
+            groups = [levels[k] for k in sorted(levels)]
+        for group in groups:
+            best: tuple[int, _Key] | None = None
+            for z in group:
+                for tier, lst in enumerate(pool.lists[z]):
+                    hit = None
+                    for key in islice(lst, bisect_left(lst, first), None):
+                        if key[4] not in taken and _fits(req, free[key[4]]):
+                            hit = key
+                            break
+                    if hit is not None:
+                        if best is None or (tier, hit) < best:
+                            best = (tier, hit)
+                        break
+            if best is not None:
+                return best[1][4]
+        return None
+
+    def rejections(self, spec: ModelSpec, taken: set[str]) -> str:
+        """Why no node takes one more replica: each node's reason, or counts per reason."""
+        nodes = self.snap.nodes
+        if not nodes:
+            return "no nodes are registered"
+        req = _vec(spec.resources)
+        gpu = _wants_gpu(spec.resources)
+        detail = len(nodes) <= DETAIL_NODES
+        lines: list[str] = []
+        counts: dict[str, int] = {}
+        for nid in self.order:
+            node = nodes[nid]
+            if nid not in self.snap.healthy:
+                kind, text = "unhealthy", "unhealthy"
+            elif node.cordoned or node.draining:
+                kind = text = "draining" if node.draining else "cordoned"
+            elif nid in taken:
+                kind, text = "taken", f"already runs a replica of {spec.name}"
+            elif not _selector_ok(spec, node):
+                kind, text = "selector", f"labels do not match nodeSelector {spec.node_selector}"
+            elif gpu and node.capacity.gpu_count <= 0:
+                kind, text = "no GPU", "no GPU"
+            else:
+                f = self.free[nid]
+                if _fits(req, f):
+                    continue
+                kind = next(_DIM_NAMES[d] for d in (_GMEM, _GPUS, _CPU, _MEM) if req[d] > f[d])
+                text = ", ".join(spec.resources.shortfall(Resources(*f))) if detail else ""
+            if detail:
+                lines.append(f"{nid}: {text}")
+            else:
+                counts[kind] = counts.get(kind, 0) + 1
+        if detail:
+            return "; ".join(lines) or "no node fits"
+        labels = [("gpu memory", "short of gpu memory"), ("gpus", "short of gpus"), ("cpu", "short of cpu"),
+                  ("memory", "short of memory"), ("no GPU", "without GPU"),
+                  ("selector", f"not matching nodeSelector {spec.node_selector}"),
+                  ("taken", f"already running {spec.name}"), ("unhealthy", "unhealthy"),
+                  ("cordoned", "cordoned"), ("draining", "draining")]
+        parts = [f"{counts[k]} {label}" for k, label in labels if counts.get(k)]
+        return f"no node of {len(nodes)} fits: {', '.join(parts)}"
+
+    # -- priority eviction and LRU unload -------------------------------------
+    def _evict_floor(self) -> int | None:
+        """The lowest priority among models that could lose a replica to eviction."""
+        if self._floor is None:
+            prios = [s.priority for m, s in self.snap.specs.items()
+                     if not self.idle[m] and self.count.get(m, 0) > s.min_replicas]
+            self._floor = min(prios) if prios else 1 << 30
+        return self._floor
+
+    def preempt(self, spec: ModelSpec, taken: set[str]) -> tuple[str, list[str]] | None:
+        """Make room for one replica by unloading idle models or evicting lower priorities.
+
+        Returns the node and what went, or None when nothing may go. See the module docstring.
+        """
+        if self.idle[spec.name]:
+            return None
+        prio = spec.priority
+        may_evict = self._evict_floor() < prio
+        if not may_evict and not (self.idle_models - {spec.name}):
+            return None
+        pool = self.pool(spec)
+        req = _vec(spec.resources)
+        specs = self.snap.specs
+        zc = self._zone_counts(taken)
+        best: tuple[tuple[object, ...], str, list[tuple[int, float, str, Replica]]] | None = None
+        for z in pool.zones:
+            for tier, lst in enumerate(pool.lists[z]):
+                for key in lst:
+                    nid = key[4]
+                    if nid in taken:
+                        continue
+                    cands: list[tuple[int, float, str, Replica]] = []
+                    for m, r in self.holders[nid].items():
+                        vs = specs.get(m)
+                        if vs is None or m == spec.name or r.role != "serving":
+                            continue
+                        if self.idle[m]:
+                            cands.append((0, _last_used(m, self.snap), m, r))
+                        elif may_evict and vs.priority < prio and self.count.get(m, 0) > vs.min_replicas:
+                            cands.append((1, vs.priority, m, r))
+                    if not cands:
+                        continue
+                    cands.sort(key=lambda c: c[:3])
+                    f = list(self.free[nid])
+                    chosen = []
+                    for cand in cands:
+                        if _fits(req, f):
+                            break
+                        v = _vec(specs[cand[2]].resources)
+                        f = [f[0] + v[0], f[1] + v[1], f[2] + v[2], f[3] + v[3]]
+                        chosen.append(cand)
+                    if not _fits(req, f):
+                        continue
+                    for cand in reversed(list(chosen)):   # give back victims that were not needed
+                        v = _vec(specs[cand[2]].resources)
+                        g = [f[0] - v[0], f[1] - v[1], f[2] - v[2], f[3] - v[3]]
+                        if _fits(req, g):
+                            chosen.remove(cand)
+                            f = g
+                    evicted = [c[1] for c in chosen if c[0] == 1]
+                    unloaded = [c[1] for c in chosen if c[0] == 0]
+                    left = [f[0] - req[0], f[1] - req[1], f[2] - req[2], f[3] - req[3]]
+                    cost = (bool(evicted), max(evicted, default=0), len(evicted), len(unloaded),
+                            max(unloaded, default=0.0), zc.get(z, 0), tier, pool.key(nid, left))
+                    if best is None or cost < best[0]:
+                        best = (cost, nid, chosen)
+        if best is None:
+            return None
+        _, nid, chosen = best
+        gone = []
+        for kind, _, m, r in chosen:
+            self.release(nid, specs[m])
+            self.count[m] = self.count.get(m, 0) - 1
+            if kind == 0:
+                text = f"unloaded while idle (LRU) for {spec.name}"
+                gone.append(f"unloading idle {r.replica_id}")
+            else:
+                text = f"evicted for {spec.name} (priority {prio})"
+                gone.append(f"evicting {r.replica_id} (priority {specs[m].priority})")
+            self.evicted.setdefault(m, {})[r.replica_id] = text
+            self.notes.setdefault(m, []).append(f"replica {r.replica_id} on {nid} {text}")
+        self._floor = None
+        return nid, gone
 
 
 def _selector_ok(spec: ModelSpec, node: NodeInfo) -> bool:
@@ -86,11 +509,11 @@ def _selector_ok(spec: ModelSpec, node: NodeInfo) -> bool:
 
 
 def _place_model(
-    spec: ModelSpec, old: Placement | None, snap: Snapshot, used: dict[str, Resources]
+    spec: ModelSpec, old: Placement | None, snap: Snapshot, used: _Usage
 ) -> tuple[Placement, list[str]]:
     why: list[str] = []
     kept: list[Replica] = []
-    for r in (old.replicas if old else ()):
+    for r in _surviving(old, used):
         node = snap.nodes.get(r.node)
         if node is None or r.node not in snap.healthy:
             why.append(f"replica {r.replica_id} lost: node {r.node} is {'gone' if node is None else 'unhealthy'}")
@@ -125,18 +548,30 @@ def _place_model(
         why.append(f"replica {gone.replica_id} removed: scaled to {want}")
 
     next_id = 1 + max((_ordinal(r.replica_id) for r in (old.replicas if old else ())), default=-1)
-    unplaced: list[str] = []
+    taken = {r.node for r in kept} | {r.node for r in draining} | {r.node for r in canaries}
     while len(kept) < want:
-        taken = {r.node for r in kept} | {r.node for r in draining} | {r.node for r in canaries}
-        node_id, rejected = _choose_node(spec, snap, used, taken)
+        node_id = used.choose(spec, taken)
+        gone: list[str] = []
         if node_id is None:
-            unplaced.append("; ".join(rejected) or "no nodes are registered")
-            break
-        used[node_id] = used[node_id] + spec.resources
+            got = used.preempt(spec, taken)
+            if got is None:
+                break
+            node_id, gone = got
         rid = f"{spec.name}-{next_id}"
         next_id += 1
         kept.append(Replica(rid, node_id, place_version))
-        why.append(f"replica {rid} placed on {node_id}")
+        used.take(node_id, spec, kept[-1])
+        taken.add(node_id)
+        why.append(f"replica {rid} placed on {node_id}" + (f" after {', '.join(gone)}" if gone else ""))
+    # One reason per missing replica: evicted/unloaded ones say for whom, the rest why no node fits.
+    missing = want - len(kept)
+    evicted = sorted(used.evicted.get(spec.name, {}).items(), key=lambda kv: _ordinal(kv[0]))
+    unplaced = [text for _, text in evicted][:max(missing, 0)]
+    if len(unplaced) < missing:
+        if old is not None and len(old.unplaced) == missing:
+            unplaced = list(old.unplaced)  # same shortfall: keep its wording (below), skip the scan
+        else:
+            unplaced += [used.rejections(spec, taken)] * (missing - len(unplaced))
     canary_want = canary_count(spec, want) if step.canary_mode else 0
     while len(canaries) < canary_want:
         taken = {r.node for r in kept} | {r.node for r in draining} | {r.node for r in canaries}
@@ -148,7 +583,7 @@ def _place_model(
                 why.append(f"replica {r.replica_id} on {r.node} becomes the canary (version {spec.version})")
                 continue
             break
-        used[node_id] = used[node_id] + spec.resources
+        used.take(node_id, spec)
         rid = f"{spec.name}-{next_id}"
         next_id += 1
         canaries.append(Replica(rid, node_id, spec.version, "canary"))
@@ -168,9 +603,6 @@ def _place_model(
             why.append(f"replica {r.replica_id} removed from draining node {r.node}: replacement ready")
             surplus -= 1
     kept = kept + draining
-    missing = want - len(kept) + len(draining)
-    if missing > 1:
-        unplaced = unplaced * missing
     if old is not None and len(old.unplaced) == len(unplaced):
         # Same shortfall as before: keep its wording, so a reason that changes only
         # because other models moved does not rewrite the placement (no churn).
@@ -180,39 +612,23 @@ def _place_model(
 
 
 def _choose_node(
-    spec: ModelSpec, snap: Snapshot, used: dict[str, Resources], taken: set[str]
+    spec: ModelSpec, snap: Snapshot, used: _Usage, taken: set[str]
 ) -> tuple[str | None, list[str]]:
-    best: tuple[tuple[int, int, int, str], str] | None = None
-    rejected: list[str] = []
-    for node_id in sorted(snap.nodes):
-        node = snap.nodes[node_id]
-        if node_id not in snap.healthy:
-            rejected.append(f"{node_id}: unhealthy")
-            continue
-        if node.cordoned or node.draining:
-            rejected.append(f"{node_id}: {'draining' if node.draining else 'cordoned'}")
-            continue
-        if node_id in taken:
-            rejected.append(f"{node_id}: already runs a replica of {spec.name}")
-            continue
-        if not _selector_ok(spec, node):
-            rejected.append(f"{node_id}: labels do not match nodeSelector {spec.node_selector}")
-            continue
-        free = node.capacity - used[node_id]
-        short = spec.resources.shortfall(free)
-        if short:
-            rejected.append(f"{node_id}: {', '.join(short)}")
-            continue
-        left = free - spec.resources
-        score = (left.gpu_memory_bytes, left.cpu_millis, left.memory_bytes, node_id)
-        if best is None or score < best[0]:
-            best = (score, node_id)
-    return (best[1] if best else None), rejected
+    """The best node for one more replica (free room only; no eviction). The second
+    item is kept for callers; ``_Usage.rejections`` says why when there is none."""
+    return used.choose(spec, taken), []
 
 
-def _release(used: dict[str, Resources], node_id: str, spec: ModelSpec) -> None:
-    if node_id in used:
-        used[node_id] = used[node_id] - spec.resources
+def _surviving(old: Placement | None, used: _Usage) -> tuple[Replica, ...]:
+    """The old replicas, less those evicted or unloaded for a model planned earlier."""
+    if old is None:
+        return ()
+    gone = used.evicted.get(old.model)
+    return old.replicas if not gone else tuple(r for r in old.replicas if r.replica_id not in gone)
+
+
+def _release(used: _Usage, node_id: str, spec: ModelSpec) -> None:
+    used.release(node_id, spec)
 
 
 def _ordinal(replica_id: str) -> int:
