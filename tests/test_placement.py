@@ -6,7 +6,7 @@ import dataclasses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.types import ModelSpec, NodeInfo, Placement, Resources
+from mesh.types import ModelLoad, ModelSpec, NodeInfo, Placement, Replica, Resources
 from scheduler.placement import Snapshot, plan
 
 GI = 1 << 30
@@ -223,3 +223,329 @@ def test_drain_with_nowhere_to_go_keeps_serving_and_says_why() -> None:
     s = apply(_drain(s, "a"))
     assert [(r.node, r.role) for r in s.placements["m"].replicas] == [("a", "draining")]
     assert "a: draining" in s.placements["m"].unplaced[0]
+
+
+# -- issue 5: bin-packing, GPUs, zone spread, priority, LRU unload ---------------
+def gnode(nid: str, gpus: int = 0, gmem_gi: int = 0, cpu: int = 16000, mem: int = 64 * GI, **labels: str) -> NodeInfo:
+    return NodeInfo(nid, f"{nid}:8001", f"{nid}:8000", Resources(cpu, mem, gpus, gmem_gi * GI), dict(labels))
+
+
+def model(name: str, n: int = 1, cpu: int = 1000, mem: int = GI, gpus: int = 0, gmem_gi: int = 0, prio: int = 0,
+          idle_ok: bool = False, maxr: int | None = None, **sel: str) -> ModelSpec:
+    return ModelSpec(name, f"/models/{name}", n, maxr or max(n, 1), Resources(cpu, mem, gpus, gmem_gi * GI),
+                     node_selector=dict(sel), generation=1, priority=prio, unload_when_idle=idle_ok)
+
+
+def place(models: list[ModelSpec], nodes: list[NodeInfo], **extra: object) -> Snapshot:
+    return apply(dataclasses.replace(snap(models, nodes), **extra))  # type: ignore[arg-type]
+
+
+def with_specs(s: Snapshot, *models: ModelSpec, drop: tuple[str, ...] = (), **extra: object) -> Snapshot:
+    specs = {**{m: v for m, v in s.specs.items() if m not in drop}, **{m.name: m for m in models}}
+    return dataclasses.replace(s, specs=specs, **extra)  # type: ignore[arg-type]
+
+
+def assert_fixed_point(s: Snapshot) -> None:
+    again = plan(s)
+    assert again.placements == {} and again.deletions == ()
+
+
+GPU_CASES = [  # (nodes, model, expected nodes)
+    ([gnode("cpu"), gnode("g24", 1, 24)], model("m", gpus=1, gmem_gi=20), ["g24"]),
+    ([gnode("cpu"), gnode("g24", 1, 24), gnode("g80", 1, 80)], model("m", gpus=1, gmem_gi=40), ["g80"]),
+    ([gnode("cpu"), gnode("g24", 1, 24), gnode("g80", 1, 80)], model("m", gpus=1, gmem_gi=20), ["g24"]),  # best fit
+    ([gnode("cpu"), gnode("g24", 1, 24)], model("m", gpus=1), ["g24"]),                 # GPU count only
+    ([gnode("cpu"), gnode("g24", 1, 24)], model("m", gmem_gi=10), ["g24"]),             # GPU memory only
+    ([gnode("cpu", cpu=64000), gnode("g24", 1, 24, cpu=2000)], model("m"), ["cpu"]),  # CPU spec avoids GPU nodes
+    ([gnode("g24", 1, 24, cpu=4000), gnode("g80", 4, 320, cpu=4000)], model("m", cpu=500), ["g24"]),
+    ([gnode("g80", 4, 320, cpu=2000), gnode("cpu", cpu=1000)], model("m", cpu=1500), ["g80"]),  # falls back
+]
+
+
+def test_gpu_and_best_fit_table() -> None:
+    for nodes, m, want in GPU_CASES:
+        assert nodes_of(place([m], nodes), m.name) == want, (m.resources, want)
+
+
+def test_gpu_spec_never_on_cpu_nodes_and_says_why() -> None:
+    s = place([model("m", 2, gpus=1, gmem_gi=8)], [gnode("cpu1"), gnode("cpu2"), gnode("g", 1, 24)])
+    assert nodes_of(s, "m") == ["g"]
+    (reason,) = s.placements["m"].unplaced
+    assert "cpu1: no GPU" in reason and "cpu2: no GPU" in reason and "g: already runs a replica of m" in reason
+
+
+def test_best_fit_packs_small_on_small_gpus() -> None:
+    # Worst fit would put the 20Gi model on the 80Gi node and leave the 70Gi model nowhere to go.
+    s = place([model("a-small", gpus=1, gmem_gi=20), model("b-big", gpus=1, gmem_gi=70)],
+              [gnode("g24", 1, 24), gnode("g80", 1, 80)])
+    assert nodes_of(s, "a-small") == ["g24"] and nodes_of(s, "b-big") == ["g80"]
+
+
+def test_all_gpus_full_reports_gpu_shortfall() -> None:
+    s = place([model("a", gpus=1, gmem_gi=24), model("b", gpus=1, gmem_gi=8)], [gnode("g", 1, 24)])
+    assert nodes_of(s, "a") == ["g"] and s.placements["b"].replicas == ()
+    assert "gpus 1 > free 0" in s.placements["b"].unplaced[0]
+
+
+def test_never_overcommits_gpu_count_even_with_memory_left() -> None:
+    s = place([model("a", gpus=1, gmem_gi=10), model("b", gpus=1, gmem_gi=10)], [gnode("g", 1, 80)])
+    assert [len(s.placements[m].replicas) for m in ("a", "b")] == [1, 0]
+
+
+ZONE_NODES = [gnode("a1", zone="za"), gnode("a2", zone="za"), gnode("b1", zone="zb"), gnode("b2", zone="zb")]
+K8S_ZONE_NODES = [gnode(n.node_id, **{"topology.kubernetes.io/zone": n.labels["zone"]}) for n in ZONE_NODES]
+
+
+def zones_of(s: Snapshot, m: str) -> list[str]:
+    return sorted(s.nodes[n].labels.get("zone") or s.nodes[n].labels["topology.kubernetes.io/zone"]
+                  for n in nodes_of(s, m))
+
+
+def test_zone_spread_two_zones_two_nodes() -> None:
+    for nodes in (ZONE_NODES, K8S_ZONE_NODES):
+        for n, want in ((1, ["za"]), (2, ["za", "zb"]), (3, ["za", "za", "zb"]), (4, ["za", "za", "zb", "zb"])):
+            assert zones_of(place([model("m", n)], nodes), "m") == want
+
+
+def test_zone_spread_fills_the_emptier_zone_even_if_worse_fit() -> None:
+    nodes = [gnode("a1", zone="za", cpu=2000), gnode("b1", zone="zb", cpu=64000), gnode("a2", zone="za", cpu=2000)]
+    s = place([model("m", 1)], nodes)
+    assert nodes_of(s, "m") == ["a1"]  # tightest fit
+    s = apply(with_specs(s, model("m", 2)))
+    assert nodes_of(s, "m") == ["a1", "b1"]  # zb has none yet, even though a2 fits tighter
+
+
+def test_zone_spread_falls_back_when_a_zone_is_full() -> None:
+    nodes = [gnode("a1", zone="za"), gnode("a2", zone="za"), gnode("b1", zone="zb", cpu=500)]
+    assert zones_of(place([model("m", 2)], nodes), "m") == ["za", "za"]
+
+
+def _idle_load(**last: float) -> dict[str, ModelLoad]:
+    return {m: ModelLoad(last_request_at=t) for m, t in last.items()}
+
+
+PRIORITY_CASES = [
+    # (existing models with desired counts, newcomer, expected evicted model or None)
+    # victim above its min: evicted
+    ([(model("low", 1, cpu=16000, maxr=2), 2)], model("high", 1, cpu=16000, prio=10), "low"),
+    # victim at its min: never
+    ([(model("low", 2, cpu=16000), 2)], model("high", 1, cpu=16000, prio=10), None),
+    # equal priority: never
+    ([(model("peer", 1, cpu=16000, maxr=2), 2)], model("high", 1, cpu=16000), None),
+    # higher priority victim: never
+    ([(model("top", 1, cpu=16000, maxr=2, prio=20), 2)], model("high", 1, cpu=16000, prio=10), None),
+    # two victims above min, the newcomer needs two nodes: only one may go (the other model stays at min)
+    ([(model("low", 1, cpu=16000, maxr=2), 2)], model("high", 2, cpu=16000, prio=10), "low"),
+]
+
+
+def test_priority_eviction_table() -> None:
+    for existing, newcomer, victim in PRIORITY_CASES:
+        desired = {m.name: n for m, n in existing}
+        s = place([m for m, _ in existing], [gnode("n1"), gnode("n2")], desired=desired)
+        before = {m: nodes_of(s, m) for m in desired}
+        p = plan(with_specs(s, newcomer))
+        s2 = apply(with_specs(s, newcomer))
+        if victim is None:
+            assert {m: nodes_of(s2, m) for m in desired} == before
+            assert s2.placements[newcomer.name].replicas == ()
+            assert_fixed_point(s2)
+            continue
+        assert len(nodes_of(s2, victim)) == s.specs[victim].min_replicas == 1
+        assert len(s2.placements[newcomer.name].replicas) == 1
+        assert s2.placements[victim].unplaced == (f"evicted for high (priority {newcomer.priority})",)
+        assert any("evicted for high (priority 10)" in r for r in p.reasons[victim])
+        assert any(f"evicting {victim}-" in r for r in p.reasons["high"])
+        assert_fixed_point(s2)
+
+
+def test_eviction_picks_lowest_priority_then_fewest() -> None:
+    nodes = [gnode("n1"), gnode("n2"), gnode("n3")]
+    olds = [model("p1", 1, cpu=16000, maxr=2, prio=1), model("p5", 1, cpu=16000, maxr=2, prio=5)]
+    # p1 on two nodes, p5 on one: the newcomer must evict p1 (lowest priority), not p5.
+    s = place(olds, nodes, desired={"p1": 2, "p5": 1})
+    s = dataclasses.replace(s, specs={**s.specs, "p5": model("p5", 0, cpu=16000, maxr=2, prio=5)})
+    s2 = apply(with_specs(s, model("high", 1, cpu=16000, prio=10)))
+    assert len(s2.placements["p1"].replicas) == 1 and len(s2.placements["p5"].replicas) == 1
+    # Fewest evictions: a node where one eviction is enough beats one needing two.
+    ms = {m.name: m for m in (model("s0", 1, cpu=8000, maxr=2), model("s1", 1, cpu=8000, maxr=2),
+                              model("big", 1, cpu=16000, maxr=2))}
+    where = {"s0": ("n1", "n3"), "s1": ("n1", "n3"), "big": ("n2", "n4")}
+    pls = {m: Placement(m, 1, tuple(Replica(f"{m}-{i}", n, ms[m].version) for i, n in enumerate(where[m])))
+           for m in ms}
+    s = dataclasses.replace(snap(list(ms.values()), [gnode(f"n{i}") for i in range(1, 5)], placements=pls),
+                            desired={m: 2 for m in ms})
+    assert_fixed_point(s)
+    s2 = apply(with_specs(s, model("high", 1, cpu=16000, prio=10)))
+    evicted = [m for m in ("s0", "s1", "big") if len(s2.placements[m].replicas) < len(s.placements[m].replicas)]
+    assert len(evicted) == 1, evicted
+
+
+def test_evicted_replica_moves_to_free_room_if_any() -> None:
+    fast = [gnode("n1", fast="yes"), gnode("n2", fast="yes")]
+    s = place([model("low", 1, cpu=8000, maxr=2)], fast, desired={"low": 2})
+    assert nodes_of(s, "low") == ["n1", "n2"]
+    slow = gnode("n3", cpu=8000)
+    s = dataclasses.replace(s, nodes={**s.nodes, "n3": slow}, healthy=s.healthy | {"n3"})
+    assert_fixed_point(s)  # a new node moves nothing
+    p = plan(with_specs(s, model("high", 1, cpu=16000, prio=10, fast="yes")))
+    s = apply(with_specs(s, model("high", 1, cpu=16000, prio=10, fast="yes")))
+    assert len(nodes_of(s, "high")) == 1 and "n3" in nodes_of(s, "low") and len(nodes_of(s, "low")) == 2
+    assert s.placements["low"].unplaced == ()
+    assert any("evicted for high (priority 10)" in r for r in p.reasons["low"])
+    assert_fixed_point(s)
+
+
+def test_lru_unloads_only_idle_opt_in_models() -> None:
+    nodes = [gnode("g", 1, 24)]
+    cases = [  # (resident, load, now, unloaded?)
+        (model("old", gpus=1, gmem_gi=20, idle_ok=True), _idle_load(old=100.0), 1000.0, True),
+        (model("old", gpus=1, gmem_gi=20, idle_ok=False), _idle_load(old=100.0), 1000.0, False),   # not opted in
+        (model("old", gpus=1, gmem_gi=20, idle_ok=True), _idle_load(old=980.0), 1000.0, False),    # used 20 s ago
+        (model("old", gpus=1, gmem_gi=20, idle_ok=True), {"old": ModelLoad(in_flight=0.5, last_request_at=100.0)},
+         1000.0, False),                                                                           # in flight
+        (model("old", gpus=1, gmem_gi=20, idle_ok=True), {"old": ModelLoad(held=2, last_request_at=100.0)},
+         1000.0, False),                                                                           # held: on demand
+        (model("old", gpus=1, gmem_gi=20, idle_ok=True), {}, 1000.0, True),                        # never used
+    ]
+    for resident, load, now, unloaded in cases:
+        s = place([resident], nodes, load=load, now=now)
+        s = apply(with_specs(s, model("new", gpus=1, gmem_gi=20)))
+        assert (nodes_of(s, "new") == ["g"]) is unloaded, (resident, load)
+        assert (nodes_of(s, "old") == []) is unloaded
+        if unloaded:  # even below its minReplicas (1)
+            assert s.placements["old"].unplaced == ("unloaded while idle (LRU) for new",)
+        assert_fixed_point(s)
+
+
+def test_lru_order_and_comeback() -> None:
+    nodes = [gnode("g1", 1, 24), gnode("g2", 1, 24)]
+    olds = [model("a", gpus=1, gmem_gi=20, idle_ok=True), model("b", gpus=1, gmem_gi=20, idle_ok=True)]
+    for last_a, last_b, gone in ((100.0, 500.0, "a"), (500.0, 100.0, "b")):
+        s = place(olds, nodes, load=_idle_load(a=last_a, b=last_b), now=1000.0)
+        p = plan(with_specs(s, model("x", gpus=1, gmem_gi=20)))
+        s2 = apply(with_specs(s, model("x", gpus=1, gmem_gi=20)))
+        assert s2.placements[gone].replicas == () and len(s2.placements["x"].replicas) == 1
+        assert any("unloaded while idle (LRU) for x" in r for r in p.reasons[gone])
+        assert_fixed_point(s2)
+        # Room again (x deleted): the unloaded model comes back.
+        s3 = apply(with_specs(s2, drop=("x",)))
+        assert len(s3.placements[gone].replicas) == 1
+
+
+def test_idle_model_does_not_unload_or_evict_to_come_back() -> None:
+    nodes = [gnode("g", 1, 24)]
+    s = place([model("a", gpus=1, gmem_gi=20, idle_ok=True)], nodes, load=_idle_load(a=0.0), now=1000.0)
+    s = apply(with_specs(s, model("b", gpus=1, gmem_gi=20, idle_ok=True, prio=-5),
+                         load={**_idle_load(a=0.0), "b": ModelLoad(in_flight=1.0, last_request_at=999.0)}))
+    assert nodes_of(s, "b") == ["g"] and nodes_of(s, "a") == []
+    # Now b goes quiet and a (higher priority, idle) has no traffic: nobody moves.
+    s = dataclasses.replace(s, load=_idle_load(a=0.0, b=900.0), now=2000.0)
+    assert_fixed_point(s)
+    # a is busy again (held requests): it unloads idle b.
+    s = apply(dataclasses.replace(s, load={**_idle_load(b=900.0), "a": ModelLoad(held=3, last_request_at=2000.0)}))
+    assert nodes_of(s, "a") == ["g"] and s.placements["b"].unplaced == ("unloaded while idle (LRU) for a",)
+
+
+def test_large_cluster_reason_counts_per_cause() -> None:
+    nodes = [gnode(f"c{i:02d}") for i in range(8)] + [gnode(f"g{i:02d}", 1, 24) for i in range(4)]
+    s = place([model("m", 6, gpus=1, gmem_gi=20)], nodes, healthy=frozenset(n.node_id for n in nodes[1:]))
+    (reason,) = s.placements["m"].unplaced[:1]
+    assert reason == "no node of 12 fits: 7 without GPU, 4 already running m, 1 unhealthy"
+    assert len(s.placements["m"].unplaced) == 2
+
+
+# -- properties ------------------------------------------------------------------
+gnodes = st.lists(st.tuples(st.sampled_from([(0, 0), (1, 24), (4, 320)]), st.integers(0, 16000),
+                            st.sampled_from(["za", "zb", ""]), st.booleans(), st.booleans(), st.booleans()),
+                  min_size=1, max_size=8)
+gmodels = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2), st.sampled_from([(0, 0), (1, 0), (1, 20), (2, 100)]),
+                             st.integers(0, 6000), st.integers(-1, 2), st.booleans(), st.booleans(),
+                             st.sampled_from([None, 0.0, 990.0])),
+                   min_size=1, max_size=8)
+
+
+def _world(nodes_raw, models_raw, now: float = 1000.0) -> Snapshot:  # type: ignore[no-untyped-def]
+    nodes, healthy = [], set()
+    for i, ((gpus, gmem), cpu, zone, cord, up, pool) in enumerate(nodes_raw):
+        labels = {"zone": zone} if zone else {}
+        if pool:
+            labels["pool"] = "x"
+        nodes.append(dataclasses.replace(gnode(f"n{i}", gpus, gmem, cpu=cpu, mem=64 * GI, **labels), cordoned=cord))
+        if up:
+            healthy.add(f"n{i}")
+    specs, load, desired = [], {}, {}
+    for i, (n, extra, (gpus, gmem), cpu, prio, idle_ok, sel, last) in enumerate(models_raw):
+        name = f"m{i}"
+        specs.append(model(name, n, cpu=cpu, mem=GI, gpus=gpus, gmem_gi=gmem, prio=prio, idle_ok=idle_ok,
+                           maxr=n + extra, **({"pool": "x"} if sel else {})))
+        desired[name] = n + extra
+        if last is not None:
+            load[name] = ModelLoad(last_request_at=last)
+    return dataclasses.replace(snap(specs, nodes, healthy), desired=desired, load=load, now=now)
+
+
+def _check_safe(s: Snapshot) -> None:
+    used: dict[str, list[int]] = {}
+    for name, pl in s.placements.items():
+        spec_ = s.specs[name]
+        assert len({r.node for r in pl.replicas}) == len(pl.replicas)                   # one replica per node
+        assert len(pl.replicas) + len(pl.unplaced) == s.desired.get(name, spec_.min_replicas)
+        r = spec_.resources
+        for rep in pl.replicas:
+            nd = s.nodes[rep.node]
+            assert rep.node in s.healthy and not nd.cordoned
+            assert all(nd.labels.get(k) == v for k, v in spec_.node_selector.items())
+            if r.gpu_count or r.gpu_memory_bytes:
+                assert nd.capacity.gpu_count > 0
+            u = used.setdefault(rep.node, [0, 0, 0, 0])
+            for j, v in enumerate((r.cpu_millis, r.memory_bytes, r.gpu_count, r.gpu_memory_bytes)):
+                u[j] += v
+    for nid, u in used.items():
+        c = s.nodes[nid].capacity
+        assert u[0] <= c.cpu_millis and u[1] <= c.memory_bytes and u[2] <= c.gpu_count and u[3] <= c.gpu_memory_bytes
+
+
+@settings(max_examples=150, deadline=None)
+@given(gnodes, gmodels, st.data())
+def test_properties_all_rules_safe_and_idempotent(nodes_raw, models_raw, data) -> None:  # type: ignore[no-untyped-def]
+    s = apply(_world(nodes_raw, models_raw))
+    _check_safe(s)
+    assert_fixed_point(s)
+    # Change the world (a node lost, demand and load shift, a model busy again) and replan: still safe, still fixed.
+    lost = data.draw(st.sampled_from(sorted(s.nodes)))
+    busy = data.draw(st.sampled_from(sorted(s.specs)))
+    desired = {m: data.draw(st.integers(s.specs[m].min_replicas, s.specs[m].max_replicas)) for m in sorted(s.specs)}
+    s = apply(dataclasses.replace(s, healthy=s.healthy - {lost}, desired=desired,
+                                  load={**s.load, busy: ModelLoad(held=1, last_request_at=1000.0)}))
+    _check_safe(s)
+    assert_fixed_point(s)
+
+
+def _moved(before: Snapshot, after: Snapshot) -> list[str]:
+    out = []
+    for m, pl in before.placements.items():
+        if m not in after.placements:
+            continue
+        now = {(r.replica_id, r.node) for r in after.placements[m].replicas}
+        out += [r.replica_id for r in pl.replicas if (r.replica_id, r.node) not in now]
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(gnodes, gmodels, st.sampled_from([(0, 0), (1, 24), (4, 320)]), st.integers(0, 6000), st.integers(1, 3))
+def test_properties_no_churn_on_unrelated_model_or_node(nodes_raw, models_raw, gpu, cpu, n) -> None:  # type: ignore[no-untyped-def]
+    s = apply(_world(nodes_raw, models_raw))
+    # A node added moves nothing.
+    extra = gnode("zz-new", gpu[0], gpu[1], cpu=cpu, zone="za")
+    s2 = apply(dataclasses.replace(s, nodes={**s.nodes, "zz-new": extra}, healthy=s.healthy | {"zz-new"}))
+    assert _moved(s, s2) == []
+    # A model added moves nothing, as long as it may not evict (lowest priority) or unload (nothing idle).
+    quiet = dataclasses.replace(s, load={m: ModelLoad(in_flight=1.0) for m in s.specs})
+    quiet = apply(quiet)
+    low = min(sp.priority for sp in s.specs.values())
+    s3 = apply(with_specs(quiet, model("zz-added", n, cpu=cpu, prio=low)))
+    assert _moved(quiet, s3) == []
+    # And a model removed moves nothing else.
+    s4 = apply(with_specs(quiet, drop=(sorted(quiet.specs)[0],)))
+    assert [r for r in _moved(quiet, s4) if not r.startswith(sorted(quiet.specs)[0] + "-")] == []
