@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_left, insort
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
@@ -213,21 +214,26 @@ class _Pool:
 
     ``lists[zone][tier]`` holds keys ``(free in dims order..., node_id)``; tier 0 is
     preferred (for a CPU-only spec: nodes without GPUs; for a GPU spec: all GPU nodes).
+    A node with no free room at all in a dimension the pool's specs ask for (``mask``;
+    typically a GPU node whose GPUs are all taken) is left out of the lists until it
+    has some again, so searches do not walk over nodes that cannot fit anything.
     """
-    __slots__ = ("dims", "gpu", "lists", "zones", "nodes", "mismatch", "no_gpu")
+    __slots__ = ("dims", "mask", "gpu", "lists", "zones", "nodes")
 
-    def __init__(self, dims: _Vec, gpu: bool) -> None:
+    def __init__(self, dims: _Vec, mask: tuple[int, ...], gpu: bool) -> None:
         self.dims = dims
+        self.mask = mask
         self.gpu = gpu
         self.lists: dict[str, tuple[list[_Key], list[_Key]]] = {}
         self.zones: list[str] = []
         self.nodes: set[str] = set()
-        self.mismatch = 0   # schedulable nodes whose labels do not match
-        self.no_gpu = 0     # schedulable, matching nodes without GPUs (GPU specs only)
 
     def key(self, node_id: str, f: list[int]) -> _Key:
         a, b, c, d = self.dims
         return (f[a], f[b], f[c], f[d], node_id)
+
+    def live(self, f: list[int]) -> bool:
+        return all(f[d] > 0 for d in self.mask)
 
 
 class _Usage:
@@ -282,26 +288,27 @@ class _Usage:
             dims = (_MEM, _CPU, _GMEM, _GPUS)
         else:
             dims = (_CPU, _MEM, _GMEM, _GPUS)
-        key = (tuple(sorted(spec.node_selector.items())), dims)
+        req = _vec(r)
+        mask = tuple(d for d in range(4) if req[d] > 0)
+        key = (tuple(sorted(spec.node_selector.items())), dims, mask)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = self._build(spec, dims)
+            pool = self.pools[key] = self._build(spec, dims, mask)
         return pool
 
-    def _build(self, spec: ModelSpec, dims: _Vec) -> _Pool:
+    def _build(self, spec: ModelSpec, dims: _Vec, mask: tuple[int, ...]) -> _Pool:
         gpu = dims[0] in (_GMEM, _GPUS)
-        pool = _Pool(dims, gpu)
+        pool = _Pool(dims, mask, gpu)
         for nid in self.sched:
             node = self.snap.nodes[nid]
             if not _selector_ok(spec, node):
-                pool.mismatch += 1
                 continue
             has_gpu = node.capacity.gpu_count > 0
             if gpu and not has_gpu:
-                pool.no_gpu += 1
                 continue
             lst = pool.lists.setdefault(self.zone[nid], ([], []))[1 if has_gpu and not gpu else 0]
-            lst.append(pool.key(nid, self.free[nid]))
+            if pool.live(self.free[nid]):
+                lst.append(pool.key(nid, self.free[nid]))
             pool.nodes.add(nid)
             self.member[nid].append((pool, lst))
         for tiers in pool.lists.values():
@@ -317,14 +324,18 @@ class _Usage:
         member = self.member.get(node_id)
         if member:
             for pool, lst in member:
-                del lst[bisect_left(lst, pool.key(node_id, f))]
+                key = pool.key(node_id, f)
+                i = bisect_left(lst, key)
+                if i < len(lst) and lst[i] == key:   # absent while not live
+                    del lst[i]
         f[0] += sign * v[0]
         f[1] += sign * v[1]
         f[2] += sign * v[2]
         f[3] += sign * v[3]
         if member:
             for pool, lst in member:
-                insort(lst, pool.key(node_id, f))
+                if pool.live(f):
+                    insort(lst, pool.key(node_id, f))
 
     def take(self, node_id: str, spec: ModelSpec, replica: Replica | None = None) -> None:
         self._add(node_id, _vec(spec.resources), -1)
@@ -337,13 +348,8 @@ class _Usage:
         if held is not None:
             held.pop(spec.name, None)
 
-    def _zone_counts(self, taken: Iterable[str]) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for nid in taken:
-            z = self.zone.get(nid)
-            if z is not None:
-                counts[z] = counts.get(z, 0) + 1
-        return counts
+    def _zone_counts(self, taken: Iterable[str]) -> Counter[str | None]:
+        return Counter(map(self.zone.get, taken))
 
     # -- choosing -------------------------------------------------------------
     def choose(self, spec: ModelSpec, taken: set[str]) -> str | None:
@@ -444,47 +450,46 @@ class _Usage:
         specs = self.snap.specs
         zc = self._zone_counts(taken)
         best: tuple[tuple[object, ...], str, list[tuple[int, float, str, Replica]]] | None = None
-        for z in pool.zones:
-            for tier, lst in enumerate(pool.lists[z]):
-                for key in lst:
-                    nid = key[4]
-                    if nid in taken:
-                        continue
-                    cands: list[tuple[int, float, str, Replica]] = []
-                    for m, r in self.holders[nid].items():
-                        vs = specs.get(m)
-                        if vs is None or m == spec.name or r.role != "serving":
-                            continue
-                        if self.idle[m]:
-                            cands.append((0, _last_used(m, self.snap), m, r))
-                        elif may_evict and vs.priority < prio and self.count.get(m, 0) > vs.min_replicas:
-                            cands.append((1, vs.priority, m, r))
-                    if not cands:
-                        continue
-                    cands.sort(key=lambda c: c[:3])
-                    f = list(self.free[nid])
-                    chosen = []
-                    for cand in cands:
-                        if _fits(req, f):
-                            break
-                        v = _vec(specs[cand[2]].resources)
-                        f = [f[0] + v[0], f[1] + v[1], f[2] + v[2], f[3] + v[3]]
-                        chosen.append(cand)
-                    if not _fits(req, f):
-                        continue
-                    for cand in reversed(list(chosen)):   # give back victims that were not needed
-                        v = _vec(specs[cand[2]].resources)
-                        g = [f[0] - v[0], f[1] - v[1], f[2] - v[2], f[3] - v[3]]
-                        if _fits(req, g):
-                            chosen.remove(cand)
-                            f = g
-                    evicted = [c[1] for c in chosen if c[0] == 1]
-                    unloaded = [c[1] for c in chosen if c[0] == 0]
-                    left = [f[0] - req[0], f[1] - req[1], f[2] - req[2], f[3] - req[3]]
-                    cost = (bool(evicted), max(evicted, default=0), len(evicted), len(unloaded),
-                            max(unloaded, default=0.0), zc.get(z, 0), tier, pool.key(nid, left))
-                    if best is None or cost < best[0]:
-                        best = (cost, nid, chosen)
+        for nid in self.sched:   # every matching node: full ones (left out of the lists) included
+            if nid not in pool.nodes or nid in taken:
+                continue
+            z = self.zone[nid]
+            tier = 1 if self.snap.nodes[nid].capacity.gpu_count > 0 and not pool.gpu else 0
+            cands: list[tuple[int, float, str, Replica]] = []
+            for m, r in self.holders[nid].items():
+                vs = specs.get(m)
+                if vs is None or m == spec.name or r.role != "serving":
+                    continue
+                if self.idle[m]:
+                    cands.append((0, _last_used(m, self.snap), m, r))
+                elif may_evict and vs.priority < prio and self.count.get(m, 0) > vs.min_replicas:
+                    cands.append((1, vs.priority, m, r))
+            if not cands:
+                continue
+            cands.sort(key=lambda c: c[:3])
+            f = list(self.free[nid])
+            chosen = []
+            for cand in cands:
+                if _fits(req, f):
+                    break
+                v = _vec(specs[cand[2]].resources)
+                f = [f[0] + v[0], f[1] + v[1], f[2] + v[2], f[3] + v[3]]
+                chosen.append(cand)
+            if not _fits(req, f):
+                continue
+            for cand in reversed(list(chosen)):   # give back victims that were not needed
+                v = _vec(specs[cand[2]].resources)
+                g = [f[0] - v[0], f[1] - v[1], f[2] - v[2], f[3] - v[3]]
+                if _fits(req, g):
+                    chosen.remove(cand)
+                    f = g
+            evicted = [c[1] for c in chosen if c[0] == 1]
+            unloaded = [c[1] for c in chosen if c[0] == 0]
+            left = [f[0] - req[0], f[1] - req[1], f[2] - req[2], f[3] - req[3]]
+            cost = (bool(evicted), max(evicted, default=0), len(evicted), len(unloaded),
+                    max(unloaded, default=0.0), zc.get(z, 0), tier, pool.key(nid, left))
+            if best is None or cost < best[0]:
+                best = (cost, nid, chosen)
         if best is None:
             return None
         _, nid, chosen = best
