@@ -18,10 +18,11 @@ import grpc
 from fastpath.errors import WireError
 from fastpath.wire import scan_model
 from gateway.batcher import Batcher
+from gateway.loadreport import LoadReporter
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Endpoint, RoutingTable
 from gateway.upstream import UpstreamPool
-from mesh.errors import InvalidInput, MeshError, ModelNotFound, NoReadyReplica
+from mesh.errors import InvalidInput, MeshError, ModelNotFound, NoReadyReplica, Overloaded
 from mesh.types import BatchingSpec
 from meshproto import inference_pb2 as pb
 
@@ -42,14 +43,22 @@ class UpstreamStatus(MeshError):
 
 
 class InferenceCore:
-    def __init__(self, routing: RoutingTable, upstream: UpstreamPool, metrics: GatewayMetrics) -> None:
+    def __init__(self, routing: RoutingTable, upstream: UpstreamPool, metrics: GatewayMetrics,
+                 load: LoadReporter | None = None, max_held: int = 256, hold_timeout_s: float = 60.0) -> None:
         self.routing = routing
         self.upstream = upstream
         self.metrics = metrics
+        # Per-model load counters (the autoscaler's input) and the scale-from-zero hold queue:
+        # a request for a deployed model with no ready replica waits here, up to `max_held`
+        # per model and `hold_timeout_s` (or its deadline), for a replica to become ready.
+        self.load = load
+        self.max_held = max_held
+        self.hold_timeout_s = hold_timeout_s
         self._http: aiohttp.ClientSession | None = None
         # (model, protocol) -> (requests counter, in-flight gauge, latency histogram) children:
         # prometheus' labels() lookup is too slow to repeat on every request.
         self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._held: dict[str, int] = {}
         self.batcher = Batcher(self._send_infer, metrics, pb.ModelInferRequest, pb.ModelInferResponse)
 
     # -- inference -------------------------------------------------------------
@@ -96,7 +105,16 @@ class InferenceCore:
         gauge = c[1]
         gauge.inc()
         t0 = time.perf_counter()
+        load = self.load
+        ctr = None
+        if load is not None and model in self.routing.specs:  # only deployed models are counted
+            ctr = load.counters.get(model) or load.counter(model)
+            ctr.in_flight += 1
+            ctr.requests += 1
         try:
+            route = self.routing.routes.get(model)
+            if route is not None and not route.endpoints and not route.draining and model in self.routing.specs:
+                timeout = await self._hold(model, timeout, ctr)
             if batching is None:
                 return await self._call_with_retry(model, "ModelInfer", body, timeout)  # type: ignore[arg-type]
             return await self.batcher.submit(model, batching, req, body, timeout)
@@ -105,7 +123,47 @@ class InferenceCore:
             raise
         finally:
             gauge.dec()
+            if ctr is not None:
+                ctr.in_flight -= 1
             c[2].observe(time.perf_counter() - t0)
+
+    async def _hold(self, model: str, timeout: float | None, ctr: Any) -> float | None:
+        """Wait for a first ready replica of a deployed model (scale from zero, or replicas
+        still loading); returns what is left of the request's timeout."""
+        held = self._held.get(model, 0)
+        if held >= self.max_held:
+            raise Overloaded(f"model '{model}' has no ready replica and {held} requests already wait for one "
+                             f"(the hold queue is full); retry later")
+        self._held[model] = held + 1
+        if ctr is not None:
+            ctr.held += 1
+        t0 = time.monotonic()
+        wait = self.hold_timeout_s if timeout is None else min(timeout, self.hold_timeout_s)
+        try:
+            while True:
+                route = self.routing.routes.get(model)
+                if route is None or model not in self.routing.specs:
+                    raise ModelNotFound(f"model '{model}' was deleted while the request waited for a replica")
+                if route.endpoints or route.draining:
+                    waited = time.monotonic() - t0
+                    self.metrics.held.labels(model).observe(waited)
+                    return None if timeout is None else max(timeout - waited, 0.001)
+                left = wait - (time.monotonic() - t0)
+                if left <= 0:
+                    what = "is scaling from zero" if route.expected == 0 else "has no ready replica"
+                    raise NoReadyReplica(f"model '{model}' {what}: no replica ready after {wait:.0f}s "
+                                         f"({route.why_none})")
+                # The routing table refreshes on store changes; a short poll keeps this
+                # path independent of it and costs nothing on the hot path.
+                await asyncio.sleep(min(0.05, left))
+        finally:
+            n = self._held[model] - 1
+            if n:
+                self._held[model] = n
+            else:
+                del self._held[model]
+            if ctr is not None:
+                ctr.held -= 1
 
     async def _send_infer(self, model: str, body: bytes, timeout: float | None) -> bytes:
         """The batcher's upstream path: the same replica choice and retry as unbatched requests."""

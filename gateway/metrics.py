@@ -26,6 +26,9 @@ class GatewayMetrics:
                                     ["model"], buckets=_BATCH_BUCKETS, registry=self.registry)
         self.unbatched = Counter("mesh_gateway_unbatched", "Requests of batching models sent on their own, by reason",
                                  ["model", "reason"], registry=self.registry)
+        self.held = Histogram("mesh_gateway_hold_seconds", "Time requests waited for a first ready replica "
+                              "(scale from zero)", ["model"], buckets=_BUCKETS + (20.0, 30.0, 60.0),
+                              registry=self.registry)
         self.retries = Counter("mesh_gateway_retries", "Requests retried on another replica",
                                ["model"], registry=self.registry)
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+import socket
+from dataclasses import dataclass, field
 
 import grpc
 from aiohttp import web
@@ -10,6 +12,7 @@ from aiohttp import web
 from gateway.core import InferenceCore
 from gateway.grpc_server import build_grpc_handler
 from gateway.http_bridge import build_http_app, build_metrics_app
+from gateway.loadreport import LoadReporter
 from gateway.metrics import GatewayMetrics
 from gateway.routing import RoutingTable
 from gateway.upstream import UpstreamPool
@@ -29,6 +32,11 @@ class GatewayConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     http_timeout_s: float | None = 60.0
     shutdown_grace_s: float = 5.0
+    gateway_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    load_sample_s: float = 0.2        # in-flight sampling period
+    load_report_s: float = 1.0        # load report period (mesh/load/<gateway_id>)
+    max_held: int = 256               # per model, requests waiting for a first ready replica
+    hold_timeout_s: float = 60.0      # longest wait for one (or the request deadline)
 
 
 class Gateway:
@@ -37,7 +45,10 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.routing = RoutingTable(store)
         self.upstream = UpstreamPool(cfg.max_message_bytes)
-        self.core = InferenceCore(self.routing, self.upstream, self.metrics)
+        self.load = LoadReporter(store, cfg.gateway_id, lambda: self.routing.specs,
+                                 sample_s=cfg.load_sample_s, report_s=cfg.load_report_s)
+        self.core = InferenceCore(self.routing, self.upstream, self.metrics, self.load,
+                                  max_held=cfg.max_held, hold_timeout_s=cfg.hold_timeout_s)
         self._grpc: grpc.aio.Server | None = None
         self._runners: list[web.AppRunner] = []
         self.grpc_port = cfg.grpc_port
@@ -46,6 +57,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.routing.start()
+        await self.load.start()
         opts = [("grpc.max_receive_message_length", self.cfg.max_message_bytes),
                 ("grpc.max_send_message_length", self.cfg.max_message_bytes),
                 ("grpc.so_reuseport", 0)]
@@ -79,6 +91,7 @@ class Gateway:
         for runner in self._runners:
             await runner.cleanup()
         await self.core.batcher.drain()   # flush queued batches, wait for their answers
+        await self.load.stop()
         await self.routing.stop()
         await self.core.close()
         await self.upstream.close()

@@ -3,6 +3,7 @@
     meshctl up [--store URL]           scheduler + node agent (+ Triton) + gateway in one process
     meshctl apply -f SPEC [--wait]     deploy or update a model
     meshctl get models|nodes [--json]  what runs where
+    meshctl describe model NAME        bounds, autoscaling settings and decision, replicas
     meshctl delete MODEL
     meshctl scale MODEL --min N [--max M]
     meshctl rollout status|promote|rollback MODEL [--wait]
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("what", choices=["models", "nodes", "model"])
     get.add_argument("name", nargs="?")
     get.add_argument("--json", action="store_true")
+
+    desc = sub.add_parser("describe", help="one model in detail: bounds, autoscaling, replicas")
+    desc.add_argument("what", choices=["model"])
+    desc.add_argument("name")
 
     de = sub.add_parser("delete", help="remove a model and unload its replicas")
     de.add_argument("model")
@@ -161,6 +166,10 @@ async def _client(args: argparse.Namespace) -> int:
             return 0
         if args.cmd == "rollout":
             return await _rollout(stub, args)
+        if args.cmd == "describe":
+            models = (await stub.GetModels(cpb.GetModelsRequest(name=args.name), timeout=30)).models
+            _describe_model(models[0])
+            return 0
         if args.what in ("models", "model"):
             models = (await stub.GetModels(cpb.GetModelsRequest(name=args.name or ""), timeout=30)).models
             if args.json:
@@ -254,12 +263,42 @@ def _table(rows: list[list[str]]) -> None:
 
 
 def _print_models(models) -> None:  # type: ignore[no-untyped-def]
-    rows = [["NAME", "READY", "MIN", "MAX", "REPLICAS", "STATUS"]]
+    rows = [["NAME", "READY", "MIN", "MAX", "DESIRED", "REPLICAS", "STATUS", "REASON"]]
     for m in models:
         reps = ",".join(f"{r.node}:{r.state}" for r in m.replicas) or "-"
         status = m.unplaced_reasons[0] if m.unplaced_reasons else ("Ready" if m.ready_replicas >= m.min_replicas else "Progressing")
-        rows.append([m.name, f"{m.ready_replicas}/{len(m.replicas)}", str(m.min_replicas), str(m.max_replicas), reps, status])
+        desired = (str(m.autoscale_desired) + (" (panic)" if m.panic else "")) if m.autoscale_reason else "-"
+        reason = m.autoscale_reason if len(m.autoscale_reason) <= 60 else m.autoscale_reason[:57] + "..."
+        rows.append([m.name, f"{m.ready_replicas}/{len(m.replicas)}", str(m.min_replicas), str(m.max_replicas),
+                     desired, reps, status, reason or "-"])
     _table(rows)
+
+
+def _describe_model(m) -> None:  # type: ignore[no-untyped-def]
+    a = m.autoscaling
+    at = time.strftime("%H:%M:%S", time.localtime(m.autoscale_at)) if m.autoscale_at else "-"
+    ago = f" ({time.time() - m.autoscale_at:.0f}s ago)" if m.autoscale_at else ""
+    print(f"Name:         {m.name}")
+    print(f"Storage:      {m.storage_uri}")
+    print(f"Generation:   {m.generation}")
+    print(f"Replicas:     min {m.min_replicas}, max {m.max_replicas}; {len(m.replicas)} placed, "
+          f"{m.ready_replicas} ready")
+    print(f"Autoscaling:  {a.metric} target {a.target:g} per replica; stable window {a.stable_window_s:g}s, "
+          f"panic window {a.panic_window_s:g}s at {a.panic_threshold:g}x,")
+    print(f"              scale-down delay {a.scale_down_delay_s:g}s, idle timeout {a.idle_timeout_s:g}s"
+          + (" (scales to zero)" if m.min_replicas == 0 else ""))
+    print(f"Load:         {m.in_flight:.1f} in flight at the gateways, {m.held} held")
+    if m.autoscale_reason:
+        print(f"Decision:     {m.autoscale_desired} replica(s){' PANIC' if m.panic else ''} at {at}{ago}")
+        print(f"  Reason:     {m.autoscale_reason}")
+    else:
+        print("Decision:     - (the autoscaler has not run for this model yet)")
+    print("Replicas:" if m.replicas else "Replicas:     none")
+    for r in m.replicas:
+        print(f"  {r.replica_id:20} {r.node:16} {r.version:12} {r.role:9} {r.state}"
+              + (f"  {r.error}" if r.error else ""))
+    for why in m.unplaced_reasons:
+        print(f"  unplaced: {why}")
 
 
 def _print_nodes(nodes) -> None:  # type: ignore[no-untyped-def]

@@ -2,15 +2,37 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 import uuid
+from collections import deque
 
 from mesh.store import KV, Store, StoreError
-from mesh.types import KEYS, ModelSpec, NodeInfo, Placement, ReplicaStatus, from_json, to_json
+from mesh.types import (
+    KEYS,
+    AutoscaleDecision,
+    LoadReport,
+    ModelLoad,
+    ModelSpec,
+    NodeInfo,
+    Placement,
+    ReplicaStatus,
+    from_json,
+    to_json,
+)
+from scheduler.autoscale import Memory, Sample, decide
 from scheduler.leader import Leadership
 from scheduler.placement import Snapshot, plan
 
-__all__ = ["Reconciler", "read_snapshot"]
+__all__ = ["Reconciler", "read_snapshot", "read_load", "read_decisions"]
+
+# A gateway's load report older than this many report intervals (and at least
+# LOAD_STALE_MIN_S) is ignored: the gateway is gone, or idle and silent.
+LOAD_STALE_INTERVALS = 3.0
+LOAD_STALE_MIN_S = 3.0
+# A decision whose reason alone changed (the numbers in it) is rewritten at most this often.
+DECISION_REFRESH_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +59,60 @@ async def read_snapshot(store: Store) -> tuple[Snapshot, dict[str, KV]]:
     return snap, pls
 
 
+async def read_load(store: Store, now: float | None = None) -> dict[str, ModelLoad]:
+    """Per model, the load of all gateways summed over their fresh reports."""
+    now = time.time() if now is None else now
+    _, kvs = await store.list(KEYS.LOAD)
+    out: dict[str, ModelLoad] = {}
+    for kv in kvs:
+        try:
+            rep = from_json(LoadReport, kv.value)
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed load report at %s", kv.key)
+            continue
+        if now - rep.at > max(LOAD_STALE_INTERVALS * rep.interval_s, LOAD_STALE_MIN_S):
+            continue
+        for model, ml in rep.models.items():
+            acc = out.get(model)
+            out[model] = ml if acc is None else ModelLoad(
+                acc.in_flight + ml.in_flight, acc.peak_in_flight + ml.peak_in_flight, acc.held + ml.held,
+                acc.requests + ml.requests, max(acc.last_request_at, ml.last_request_at))
+    return out
+
+
+async def read_decisions(store: Store) -> dict[str, AutoscaleDecision]:
+    """The autoscaler's latest decision per model, as the leader wrote them."""
+    _, kvs = await store.list(KEYS.AUTOSCALE)
+    out = {}
+    for kv in kvs:
+        try:
+            d = from_json(AutoscaleDecision, kv.value)
+        except (ValueError, KeyError, TypeError):
+            continue
+        out[d.model] = d
+    return out
+
+
+def _consume(t: asyncio.Future) -> None:  # type: ignore[type-arg]
+    """Retrieve a dropped watch's outcome so asyncio does not log it as never retrieved."""
+    if not t.cancelled():
+        t.exception()
+
+
 class Reconciler:
-    def __init__(self, store: Store, leadership: Leadership, resync_s: float = 5.0) -> None:
+    def __init__(self, store: Store, leadership: Leadership, resync_s: float = 5.0, tick_s: float = 1.0) -> None:
         self.store = store
         self.leadership = leadership
         self.resync_s = resync_s
+        self.tick_s = tick_s    # the loop also runs this often without store changes (autoscaler)
+        # Autoscaler state, per model, kept by the leader only: recent load samples,
+        # the core's memory, and the last decision written to the store.
+        self._history: dict[str, deque[Sample]] = {}
+        self._memory: dict[str, Memory] = {}
+        self._written: dict[str, tuple[int, bool, str, str, float]] = {}
+        self.decisions: dict[str, AutoscaleDecision] = {}
+        self._kv_watch: tuple[int, asyncio.Future] | None = None    # type: ignore[type-arg]
+        self._svc_watch: tuple[int, asyncio.Future] | None = None   # type: ignore[type-arg]
         self.last_reasons: dict[str, tuple[str, ...]] = {}
         # The last state this leader saw, to put back if the store loses it
         # (a Consul agent restarted in -dev mode, a server cluster rebuilt).
@@ -49,6 +120,12 @@ class Reconciler:
         self._seen: dict[str, bytes] = {}
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self._drop_watches()
+
+    async def _run(self) -> None:
         kv_index = svc_index = 0
         while True:
             try:
@@ -56,6 +133,7 @@ class Reconciler:
                 # and puts it back if the store loses it; only the leader plans.
                 await self._guard_against_store_reset()
                 if not self.leadership.is_leader:
+                    self._forget_autoscale()
                     self.leadership.changed.clear()
                     try:
                         await asyncio.wait_for(self.leadership.changed.wait(), self.resync_s)
@@ -96,6 +174,7 @@ class Reconciler:
     async def reconcile_once(self) -> int:
         """Plan once and write the changes; returns how many placements were written."""
         snap, pl_kvs = await read_snapshot(self.store)
+        snap = await self._autoscale(snap)
         result = plan(snap)
         written = 0
         for model, pl in result.placements.items():
@@ -118,18 +197,98 @@ class Reconciler:
         return written
 
     async def _wait_for_change(self, kv_index: int, svc_index: int) -> tuple[int, int]:
-        kv_task = asyncio.ensure_future(self.store.watch("mesh/", kv_index, self.resync_s))
-        svc_task = asyncio.ensure_future(self.store.services(KEYS.SERVICE, index=svc_index or 1, timeout=self.resync_s))
-        done, pending = await asyncio.wait({kv_task, svc_task}, return_when=asyncio.FIRST_COMPLETED)
-        for t in pending:
-            t.cancel()
-        for t in pending:
-            try:
-                await t
-            except (asyncio.CancelledError, StoreError):
-                pass
+        """Wait for a store or health change, or ``tick_s`` (the autoscaler runs on time
+        too). Each blocking query stays armed until it answers: a tick or the other query's
+        answer does not cancel it (a cancelled Consul query still holds a pool thread, and
+        a cancel that races the answer can be lost and stall the loop)."""
+        if self._kv_watch is None or self._kv_watch[0] != kv_index:
+            self._drop_watch(self._kv_watch)
+            self._kv_watch = (kv_index, asyncio.ensure_future(self.store.watch("mesh/", kv_index, self.resync_s)))
+        if self._svc_watch is None or self._svc_watch[0] != svc_index:
+            self._drop_watch(self._svc_watch)
+            self._svc_watch = (svc_index, asyncio.ensure_future(
+                self.store.services(KEYS.SERVICE, index=svc_index or 1, timeout=self.resync_s)))
+        kv_task, svc_task = self._kv_watch[1], self._svc_watch[1]
+        done, _ = await asyncio.wait({kv_task, svc_task}, return_when=asyncio.FIRST_COMPLETED, timeout=self.tick_s)
         if kv_task in done:
+            self._kv_watch = None
             kv_index = kv_task.result()[0]
         if svc_task in done:
+            self._svc_watch = None
             svc_index = svc_task.result()[0]
         return kv_index, svc_index
+
+    @staticmethod
+    def _drop_watch(watch: tuple[int, asyncio.Future] | None) -> None:  # type: ignore[type-arg]
+        if watch is not None:
+            watch[1].cancel()
+            watch[1].add_done_callback(_consume)
+
+    def _drop_watches(self) -> None:
+        self._drop_watch(self._kv_watch)
+        self._drop_watch(self._svc_watch)
+        self._kv_watch = self._svc_watch = None
+
+    # -- autoscaling ------------------------------------------------------------------
+    def _forget_autoscale(self) -> None:
+        """Not the leader: drop the autoscaler's state; a new term restores it from the store."""
+        self._history.clear()
+        self._memory.clear()
+        self._written.clear()
+        self._drop_watches()
+
+    async def _autoscale(self, snap: Snapshot) -> Snapshot:
+        """Sample the gateways' load, run the autoscaler for every model, write changed
+        decisions; returns the snapshot with the desired counts, the load and the time."""
+        now = time.time()
+        load = await read_load(self.store, now)
+        _, dec_kvs = await self.store.list(KEYS.AUTOSCALE)
+        stored = {kv.key[len(KEYS.AUTOSCALE):]: kv for kv in dec_kvs}
+        desired: dict[str, int] = {}
+        for name in sorted(snap.specs):
+            spec = snap.specs[name]
+            a = spec.autoscaling
+            ml = load.get(name, ModelLoad())
+            hist = self._history.setdefault(name, deque())
+            # About two samples a second; a newly held request is taken at once.
+            if not hist or now - hist[-1].at >= 0.5 or (ml.held and not hist[-1].held):
+                hist.append(Sample(now, ml.in_flight, ml.held, ml.last_request_at))
+            keep = max(a.stable_window_s, a.panic_window_s) + 2.0
+            while hist and hist[0].at < now - keep:
+                hist.popleft()
+            pl = snap.placements.get(name)
+            current = sum(1 for r in (pl.replicas if pl else ()) if r.role != "draining")
+            mem = self._memory.get(name)
+            if mem is None and name in stored:
+                try:
+                    old = from_json(AutoscaleDecision, stored[name].value)
+                    mem = Memory(desired=old.desired, active_at=now)
+                    self._written[name] = (old.desired, old.panic, "", old.reason, old.at)
+                except (ValueError, KeyError, TypeError):
+                    mem = None
+            out = decide(spec, current, hist, now, mem)
+            self._memory[name] = out.memory
+            desired[name] = out.decision.desired
+            self.decisions[name] = out.decision
+            await self._write_decision(name, out.decision, out.rule, stored.get(name))
+        for name in [m for m in self._history if m not in snap.specs]:
+            self._history.pop(name, None)
+            self._memory.pop(name, None)
+            self._written.pop(name, None)
+            self.decisions.pop(name, None)
+        for name, kv in stored.items():
+            if name not in snap.specs:
+                await self.store.delete(KEYS.autoscale(name), cas=kv.modify_index)
+        return dataclasses.replace(snap, desired=desired, now=now, load=load)
+
+    async def _write_decision(self, name: str, d: AutoscaleDecision, rule: str, old: KV | None) -> None:
+        last = self._written.get(name)
+        if last is not None:
+            l_desired, l_panic, l_rule, l_reason, l_at = last
+            same = (l_desired, l_panic, l_rule) == (d.desired, d.panic, rule)
+            if same and (l_reason == d.reason or d.at - l_at < DECISION_REFRESH_S):
+                return
+        if last is None or (last[0], last[1]) != (d.desired, d.panic):
+            log.info("%s: autoscaler: %d replica(s): %s", name, d.desired, d.reason)
+        if await self.store.put(KEYS.autoscale(name), to_json(d), cas=old.modify_index if old else 0):
+            self._written[name] = (d.desired, d.panic, rule, d.reason, d.at)

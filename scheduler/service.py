@@ -16,7 +16,7 @@ from mesh.store import Store
 from mesh.types import KEYS, ModelSpec, NodeInfo, Placement, ReplicaStatus, from_json, to_json
 from meshproto import control_pb2 as cpb
 from meshproto import control_pb2_grpc as cpb_grpc
-from scheduler.reconciler import read_snapshot
+from scheduler.reconciler import read_decisions, read_load, read_snapshot
 
 __all__ = ["SchedulerService", "model_views"]
 
@@ -154,6 +154,8 @@ async def model_views(store: Store) -> list[cpb.ModelView]:
     for kv in status_kvs:
         st = from_json(ReplicaStatus, kv.value)
         statuses[(st.node, st.model)] = st
+    decisions = await read_decisions(store)
+    load = await read_load(store)
     views = []
     for name in sorted(snap.specs):
         spec = snap.specs[name]
@@ -177,4 +179,20 @@ async def model_views(store: Store) -> list[cpb.ModelView]:
             ready_replicas=sum(1 for r in replicas if r.state == "ready"),
             replicas=replicas, unplaced_reasons=list(pl.unplaced) if pl else [],
             storage_uri=spec.storage_uri, generation=spec.generation))
+        _autoscale_fields(views[-1], spec, decisions.get(name), load.get(name))
     return views
+
+
+def _autoscale_fields(view: cpb.ModelView, spec: ModelSpec, decision, load) -> None:  # type: ignore[no-untyped-def]
+    a = spec.autoscaling
+    view.autoscaling.CopyFrom(cpb.AutoscalingView(
+        metric=a.metric, target=a.target, stable_window_s=a.stable_window_s, panic_window_s=a.panic_window_s,
+        panic_threshold=a.panic_threshold, scale_down_delay_s=a.scale_down_delay_s, idle_timeout_s=a.idle_timeout_s))
+    if decision is not None:
+        view.autoscale_desired = decision.desired
+        view.autoscale_reason = decision.reason
+        view.panic = decision.panic
+        view.autoscale_at = decision.at
+    if load is not None:
+        view.in_flight = load.in_flight
+        view.held = load.held

@@ -78,11 +78,14 @@ class MemoryStore(Store):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that races the event
+        # (the caller's cancelled watch then runs on to its deadline and stalls the caller).
+        waiter = asyncio.ensure_future(self._event().wait())
         try:
-            await asyncio.wait_for(self._event().wait(), remaining)
-        except asyncio.TimeoutError:
-            return False
-        return True
+            done, _ = await asyncio.wait({waiter}, timeout=remaining)
+        finally:
+            waiter.cancel()
+        return bool(done)
 
     def _bump(self) -> int:
         self._index += 1
