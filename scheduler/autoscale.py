@@ -135,7 +135,7 @@ def decide(spec: ModelSpec, current: int, history: Sequence[Sample], now: float,
             reason = (f"panic: {a.panic_window_s:g}s concurrency {panic_avg:.1f} >= {a.panic_threshold:g}x capacity "
                       f"({running}x{a.target:g}) -> {_plural(want, 'replica')}")
         else:
-            reason = (f"panic since {now - panic_since:.0f}s (last burst {now - panic_seen_at:.0f}s ago): "
+            reason = (f"panic (entered {now - panic_since:.0f}s ago, last burst {now - panic_seen_at:.0f}s ago): "
                       f"holding {_plural(want, 'replica')}, no scale-down in panic")
         return _out(spec, now, mem, "panic", _clamped(reason, raw_panic if panicking else want, lo, hi), panic=True)
 
