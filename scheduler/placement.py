@@ -172,6 +172,7 @@ _CPU, _MEM, _GPUS, _GMEM = range(4)
 _DIM_NAMES = ("cpu", "memory", "gpus", "gpu memory")
 _Vec = tuple[int, int, int, int]
 _Key = tuple[int, int, int, int, str]   # free room in a pool's dimension order, then the node id
+_Victim = tuple[int, float, str, Replica, _Vec]   # class (0 unload, 1 evict), priority or last use, model, replica, size
 
 
 def _vec(r: Resources) -> _Vec:
@@ -242,7 +243,8 @@ class _Usage:
     def __init__(self, snap: Snapshot) -> None:
         self.snap = snap
         nodes = snap.nodes
-        self.free: dict[str, list[int]] = {nid: list(_vec(n.capacity)) for nid, n in nodes.items()}
+        self.caps: dict[str, list[int]] = {nid: list(_vec(n.capacity)) for nid, n in nodes.items()}
+        self.free: dict[str, list[int]] = {nid: list(c) for nid, c in self.caps.items()}
         self.holders: dict[str, dict[str, Replica]] = {nid: {} for nid in nodes}
         self.count: dict[str, int] = {}   # replicas a model keeps, for "never below minReplicas"
         for name, pl in snap.placements.items():
@@ -271,6 +273,7 @@ class _Usage:
         self.order = sorted(nodes)
         self.sched = [nid for nid in self.order
                       if nid in snap.healthy and not nodes[nid].cordoned and not nodes[nid].draining]
+        self.idle_nodes = [nid for nid in self.sched if any(self.idle.get(m) for m in self.holders[nid])]
         self.total_cpu = sum(nodes[nid].capacity.cpu_millis for nid in self.sched)
         self.total_mem = sum(nodes[nid].capacity.memory_bytes for nid in self.sched)
         self.pools: dict[tuple[tuple[tuple[str, str], ...], _Vec], _Pool] = {}
@@ -278,6 +281,7 @@ class _Usage:
         self.evicted: dict[str, dict[str, str]] = {}   # model -> replica id -> unplaced reason
         self.notes: dict[str, list[str]] = {}          # model -> reasons for the victim's plan
         self._floor: int | None = None
+        self._victims: dict[str, tuple[bool, float, int, _Vec]] | None = None
 
     # -- the index ------------------------------------------------------------
     def pool(self, spec: ModelSpec) -> _Pool:
@@ -434,6 +438,13 @@ class _Usage:
             self._floor = min(prios) if prios else 1 << 30
         return self._floor
 
+    def _victim_info(self) -> dict[str, tuple[bool, float, int, _Vec]]:
+        """Per model: idle, its LRU order (idle) or priority, minReplicas, size."""
+        if self._victims is None:
+            self._victims = {m: (self.idle[m], _last_used(m, self.snap) if self.idle[m] else s.priority,
+                                 s.min_replicas, _vec(s.resources)) for m, s in self.snap.specs.items()}
+        return self._victims
+
     def preempt(self, spec: ModelSpec, taken: set[str]) -> tuple[str, list[str]] | None:
         """Make room for one replica by unloading idle models or evicting lower priorities.
 
@@ -449,52 +460,71 @@ class _Usage:
         req = _vec(spec.resources)
         specs = self.snap.specs
         zc = self._zone_counts(taken)
-        best: tuple[tuple[object, ...], str, list[tuple[int, float, str, Replica]]] | None = None
-        for nid in self.sched:   # every matching node: full ones (left out of the lists) included
-            if nid not in pool.nodes or nid in taken:
+        caps = self.caps
+        victims = self._victim_info()
+        best: tuple[tuple[object, ...], str, list[_Victim]] | None = None
+        for nid in self.sched if may_evict else self.idle_nodes:   # full nodes (not in the lists) too
+            if nid not in pool.nodes or nid in taken or not _fits(req, caps[nid]):
                 continue
-            z = self.zone[nid]
-            tier = 1 if self.snap.nodes[nid].capacity.gpu_count > 0 and not pool.gpu else 0
-            cands: list[tuple[int, float, str, Replica]] = []
+            cands: list[_Victim] = []
+            fr = self.free[nid]
+            c0, c1, c2, c3 = fr   # room with every candidate gone
+            l0, l1, l2, l3 = fr   # room with every idle candidate gone
             for m, r in self.holders[nid].items():
-                vs = specs.get(m)
-                if vs is None or m == spec.name or r.role != "serving":
+                info = victims.get(m)
+                if info is None or m == spec.name or r.role != "serving":
                     continue
-                if self.idle[m]:
-                    cands.append((0, _last_used(m, self.snap), m, r))
-                elif may_evict and vs.priority < prio and self.count.get(m, 0) > vs.min_replicas:
-                    cands.append((1, vs.priority, m, r))
-            if not cands:
+                idle, order, floor, v = info
+                if idle:
+                    cands.append((0, order, m, r, v))
+                    l0 += v[0]
+                    l1 += v[1]
+                    l2 += v[2]
+                    l3 += v[3]
+                elif may_evict and order < prio and self.count.get(m, 0) > floor:
+                    cands.append((1, order, m, r, v))
+                else:
+                    continue
+                c0 += v[0]
+                c1 += v[1]
+                c2 += v[2]
+                c3 += v[3]
+            if not cands or not _fits(req, [c0, c1, c2, c3]):
                 continue
+            if best is not None and not best[0][0] and not _fits(req, [l0, l1, l2, l3]):
+                continue  # a node needing only unloads is known: one needing evictions cannot win
             cands.sort(key=lambda c: c[:3])
             f = list(self.free[nid])
-            chosen = []
-            for cand in cands:
+            n = 0
+            for cand in cands:   # lowest class, then priority / least recently used, first
                 if _fits(req, f):
                     break
-                v = _vec(specs[cand[2]].resources)
+                v = cand[4]
                 f = [f[0] + v[0], f[1] + v[1], f[2] + v[2], f[3] + v[3]]
-                chosen.append(cand)
+                n += 1
             if not _fits(req, f):
                 continue
-            for cand in reversed(list(chosen)):   # give back victims that were not needed
-                v = _vec(specs[cand[2]].resources)
+            keep = [True] * n
+            for i in range(n - 1, -1, -1):   # give back victims that were not needed
+                v = cands[i][4]
                 g = [f[0] - v[0], f[1] - v[1], f[2] - v[2], f[3] - v[3]]
                 if _fits(req, g):
-                    chosen.remove(cand)
+                    keep[i] = False
                     f = g
+            chosen = [c for c, k in zip(cands[:n], keep) if k]
             evicted = [c[1] for c in chosen if c[0] == 1]
             unloaded = [c[1] for c in chosen if c[0] == 0]
             left = [f[0] - req[0], f[1] - req[1], f[2] - req[2], f[3] - req[3]]
+            tier = 1 if caps[nid][_GPUS] > 0 and not pool.gpu else 0
             cost = (bool(evicted), max(evicted, default=0), len(evicted), len(unloaded),
-                    max(unloaded, default=0.0), zc.get(z, 0), tier, pool.key(nid, left))
+                    max(unloaded, default=0.0), zc.get(self.zone[nid], 0), tier, pool.key(nid, left))
             if best is None or cost < best[0]:
                 best = (cost, nid, chosen)
         if best is None:
             return None
         _, nid, chosen = best
         gone = []
-        for kind, _, m, r in chosen:
+        for kind, _, m, r, _v in chosen:
             self.release(nid, specs[m])
             self.count[m] = self.count.get(m, 0) - 1
             if kind == 0:
