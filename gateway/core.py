@@ -151,7 +151,7 @@ class InferenceCore:
                 left = wait - (time.monotonic() - t0)
                 if left <= 0:
                     what = "is scaling from zero" if route.expected == 0 else "has no ready replica"
-                    raise NoReadyReplica(f"model '{model}' {what}: no replica ready after {wait:.0f}s "
+                    raise NoReadyReplica(f"model '{model}' {what}: no replica ready after {wait:g}s "
                                          f"({route.why_none})")
                 # The routing table refreshes on store changes; a short poll keeps this
                 # path independent of it and costs nothing on the hot path.

@@ -250,9 +250,13 @@ class Reconciler:
             a = spec.autoscaling
             ml = load.get(name, ModelLoad())
             hist = self._history.setdefault(name, deque())
-            # About two samples a second; a newly held request is taken at once.
-            if not hist or now - hist[-1].at >= 0.5 or (ml.held and not hist[-1].held):
-                hist.append(Sample(now, ml.in_flight, ml.held, ml.last_request_at))
+            # At most two samples a second (the loop also runs on every store change);
+            # a loop sooner than that refreshes the last sample with the newest load.
+            sample = Sample(now, ml.in_flight, ml.held, ml.last_request_at)
+            if hist and now - hist[-1].at < 0.5:
+                hist[-1] = dataclasses.replace(sample, at=hist[-1].at)
+            else:
+                hist.append(sample)
             keep = max(a.stable_window_s, a.panic_window_s) + 2.0
             while hist and hist[0].at < now - keep:
                 hist.popleft()
