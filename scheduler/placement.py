@@ -4,9 +4,9 @@ No I/O, no clock: everything the decision needs is in the snapshot (``snap.now``
 is the time), so two schedulers given the same state compute the same plan, and
 planning the plan's result again changes nothing.
 
-Order: models are planned one at a time, non-idle models first, then by
-``priority`` (highest first), then by name; models that may be unloaded while
-idle (``unload_when_idle`` and idle, see rule 7) come last. Per model:
+Order: models are planned one at a time by ``priority`` (highest first), then
+by name, except that models that may be unloaded while idle (``unload_when_idle``
+and idle, see rule 5) come after all others. Per model:
 
 1. keep replicas on nodes that are healthy, known and still satisfy the spec's
    node selector (cordoned nodes keep what they run; they only refuse new work);
