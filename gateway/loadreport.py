@@ -147,3 +147,6 @@ class LoadReporter:
                 except StoreError as exc:
                     self._idle_written = False
                     log.warning("gateway %s cannot write its load report: %s", self.gateway_id, exc)
+                except Exception:  # noqa: BLE001  (a bug here must not stop reporting, nor the gateway)
+                    self._idle_written = False
+                    log.exception("gateway %s: load report failed", self.gateway_id)
