@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass, field
 
 from mesh.store import Store, StoreError
+from mesh.store.changes import ChangeWatcher
 from mesh.types import KEYS, ModelSpec, NodeInfo, Placement, ReplicaStatus, from_json
 
 __all__ = ["Endpoint", "ModelRoute", "RoutingTable"]
@@ -121,26 +122,17 @@ class RoutingTable:
         self.changed.set()
 
     async def _run(self) -> None:
-        kv_index = svc_index = 0
-        while True:
-            try:
-                await self.refresh()
-                kv_task = asyncio.ensure_future(self.store.watch("mesh/", kv_index, 10.0))
-                svc_task = asyncio.ensure_future(
-                    self.store.services(KEYS.SERVICE, index=svc_index or 1, timeout=10.0))
-                done, pending = await asyncio.wait({kv_task, svc_task}, return_when=asyncio.FIRST_COMPLETED)
-                for t in pending:
-                    t.cancel()
-                    try:
-                        await t
-                    except (asyncio.CancelledError, StoreError):
-                        pass
-                if kv_task in done:
-                    kv_index = kv_task.result()[0]
-                if svc_task in done:
-                    svc_index = svc_task.result()[0]
-            except StoreError as exc:
-                # Keep routing on the last known table while the store is away.
-                log.error("gateway cannot read the store (%s); routing on the last known table", exc)
-                kv_index = svc_index = 0
-                await asyncio.sleep(1.0)
+        changes = ChangeWatcher(self.store, "mesh/", KEYS.SERVICE, 10.0)
+        try:
+            while True:
+                try:
+                    await self.refresh()
+                    while not await changes.wait():
+                        pass  # a query timed out with nothing new: keep waiting
+                except StoreError as exc:
+                    # Keep routing on the last known table while the store is away.
+                    log.error("gateway cannot read the store (%s); routing on the last known table", exc)
+                    changes.reset()
+                    await asyncio.sleep(1.0)
+        finally:
+            changes.reset()

@@ -9,6 +9,7 @@ import uuid
 from collections import deque
 
 from mesh.store import KV, Store, StoreError
+from mesh.store.changes import ChangeWatcher
 from mesh.types import (
     KEYS,
     AutoscaleDecision,
@@ -93,12 +94,6 @@ async def read_decisions(store: Store) -> dict[str, AutoscaleDecision]:
     return out
 
 
-def _consume(t: asyncio.Future) -> None:  # type: ignore[type-arg]
-    """Retrieve a dropped watch's outcome so asyncio does not log it as never retrieved."""
-    if not t.cancelled():
-        t.exception()
-
-
 class Reconciler:
     def __init__(self, store: Store, leadership: Leadership, resync_s: float = 5.0, tick_s: float = 1.0) -> None:
         self.store = store
@@ -111,8 +106,7 @@ class Reconciler:
         self._memory: dict[str, Memory] = {}
         self._written: dict[str, tuple[int, bool, str, str, float]] = {}
         self.decisions: dict[str, AutoscaleDecision] = {}
-        self._kv_watch: tuple[int, asyncio.Future] | None = None    # type: ignore[type-arg]
-        self._svc_watch: tuple[int, asyncio.Future] | None = None   # type: ignore[type-arg]
+        self._changes = ChangeWatcher(store, "mesh/", KEYS.SERVICE, resync_s)
         self.last_reasons: dict[str, tuple[str, ...]] = {}
         # The last state this leader saw, to put back if the store loses it
         # (a Consul agent restarted in -dev mode, a server cluster rebuilt).
@@ -123,10 +117,9 @@ class Reconciler:
         try:
             await self._run()
         finally:
-            self._drop_watches()
+            self._changes.reset()
 
     async def _run(self) -> None:
-        kv_index = svc_index = 0
         while True:
             try:
                 # Every scheduler, leader or not, keeps a copy of the desired state
@@ -139,13 +132,14 @@ class Reconciler:
                         await asyncio.wait_for(self.leadership.changed.wait(), self.resync_s)
                     except asyncio.TimeoutError:
                         pass
-                    kv_index = svc_index = 0
+                    self._changes.reset()
                     continue
                 await self.reconcile_once()
-                kv_index, svc_index = await self._wait_for_change(kv_index, svc_index)
+                # A store or health change, or the tick (the autoscaler runs on time too).
+                await self._changes.wait(self.tick_s)
             except StoreError as exc:
                 log.error("scheduler cannot reach the store: %s; retrying in 1s", exc)
-                kv_index = svc_index = 0
+                self._changes.reset()
                 await asyncio.sleep(1.0)
 
     async def _guard_against_store_reset(self) -> None:
@@ -196,46 +190,12 @@ class Reconciler:
             written += 1
         return written
 
-    async def _wait_for_change(self, kv_index: int, svc_index: int) -> tuple[int, int]:
-        """Wait for a store or health change, or ``tick_s`` (the autoscaler runs on time
-        too). Each blocking query stays armed until it answers: a tick or the other query's
-        answer does not cancel it (a cancelled Consul query still holds a pool thread, and
-        a cancel that races the answer can be lost and stall the loop)."""
-        if self._kv_watch is None or self._kv_watch[0] != kv_index:
-            self._drop_watch(self._kv_watch)
-            self._kv_watch = (kv_index, asyncio.ensure_future(self.store.watch("mesh/", kv_index, self.resync_s)))
-        if self._svc_watch is None or self._svc_watch[0] != svc_index:
-            self._drop_watch(self._svc_watch)
-            self._svc_watch = (svc_index, asyncio.ensure_future(
-                self.store.services(KEYS.SERVICE, index=svc_index or 1, timeout=self.resync_s)))
-        kv_task, svc_task = self._kv_watch[1], self._svc_watch[1]
-        done, _ = await asyncio.wait({kv_task, svc_task}, return_when=asyncio.FIRST_COMPLETED, timeout=self.tick_s)
-        if kv_task in done:
-            self._kv_watch = None
-            kv_index = kv_task.result()[0]
-        if svc_task in done:
-            self._svc_watch = None
-            svc_index = svc_task.result()[0]
-        return kv_index, svc_index
-
-    @staticmethod
-    def _drop_watch(watch: tuple[int, asyncio.Future] | None) -> None:  # type: ignore[type-arg]
-        if watch is not None:
-            watch[1].cancel()
-            watch[1].add_done_callback(_consume)
-
-    def _drop_watches(self) -> None:
-        self._drop_watch(self._kv_watch)
-        self._drop_watch(self._svc_watch)
-        self._kv_watch = self._svc_watch = None
-
     # -- autoscaling ------------------------------------------------------------------
     def _forget_autoscale(self) -> None:
         """Not the leader: drop the autoscaler's state; a new term restores it from the store."""
         self._history.clear()
         self._memory.clear()
         self._written.clear()
-        self._drop_watches()
 
     async def _autoscale(self, snap: Snapshot) -> Snapshot:
         """Sample the gateways' load, run the autoscaler for every model, write changed
