@@ -9,7 +9,6 @@ here imports meshproto, gateway.core or gateway.server."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import numpy as np
@@ -247,17 +246,18 @@ def test_flush_on_size_then_on_delay() -> None:
         up = FakeUpstream()
         m = GatewayMetrics()
         b = batcher(up, m)
-        policy = BatchingSpec(max_batch_size=4, max_queue_delay_us=20_000)
-        t0 = time.monotonic()
-        outs = await asyncio.gather(*(b.submit("m", policy, fp32_req(rows(n)), None, None) for n in (3, 2, 1, 1)))
+        # A delay no test waits for: finishing at all proves the groups left by size.
+        by_size = BatchingSpec(max_batch_size=4, max_queue_delay_us=600_000_000)
+        outs = await asyncio.wait_for(asyncio.gather(
+            *(b.submit("m", by_size, fp32_req(rows(n)), None, None) for n in (3, 2, 1, 1))), 5)
         # 3 then 2 does not fit in 4: the first group (3) leaves alone, 2+1+1 fills the second
         assert [list(c[0].inputs[0].shape) for c in up.calls] == [[3, 4], [4, 4]]
-        assert time.monotonic() - t0 < 0.015  # both flushed by size, not by the 20 ms timer
         assert [list(_answer(o).outputs[0].shape) for o in outs] == [[3, 4], [2, 4], [1, 4], [1, 4]]
         up.calls.clear()
-        t0 = time.monotonic()
-        await asyncio.gather(*(b.submit("m", policy, fp32_req(rows(1)), None, None) for _ in range(2)))
-        assert time.monotonic() - t0 >= 0.019 and len(up.calls) == 1
+        # Two of four never fill a batch: only the delay can send them, together.
+        by_delay = BatchingSpec(max_batch_size=4, max_queue_delay_us=20_000)
+        await asyncio.gather(*(b.submit("m", by_delay, fp32_req(rows(1)), None, None) for _ in range(2)))
+        assert len(up.calls) == 1 and list(up.calls[0][0].inputs[0].shape) == [2, 4]
         assert m.batches.labels("m")._value.get() == 2  # the lone 3 went as is: not a batch
         assert m.batch_size.labels("m")._sum.get() == 4 + 2
     _run(main())
@@ -283,11 +283,12 @@ def test_unmergeable_goes_alone_as_received() -> None:
         up = FakeUpstream()
         m = GatewayMetrics()
         b = batcher(up, m)
-        policy = BatchingSpec(max_batch_size=4, max_queue_delay_us=1_000_000)
+        policy = BatchingSpec(max_batch_size=4, max_queue_delay_us=600_000_000)  # never waited for
         req = fp32_req(rows(6))
-        t0 = time.monotonic()
-        out = await b.submit("m", policy, None, req.SerializeToString(), None)
-        assert isinstance(out, bytes) and time.monotonic() - t0 < 0.5
+        out = await asyncio.wait_for(b.submit("m", policy, None, req.SerializeToString(), None), 5)
+        assert isinstance(out, bytes)
+        (sent, _), = up.calls                       # alone, exactly as received
+        assert sent == req and list(_answer(out).outputs[0].shape) == [6, 4]
         assert m.unbatched.labels("m", "batch_size")._value.get() == 1
     _run(main())
 
@@ -296,13 +297,12 @@ def test_short_deadline_flushes_early_and_bounds_the_upstream_call() -> None:
     async def main() -> None:
         up = FakeUpstream()
         b = batcher(up)
-        policy = BatchingSpec(max_batch_size=16, max_queue_delay_us=500_000)
-        t0 = time.monotonic()
-        first = asyncio.ensure_future(b.submit("m", policy, fp32_req(rows(1)), None, 30.0))
+        policy = BatchingSpec(max_batch_size=16, max_queue_delay_us=600_000_000)  # never waited for
+        first = asyncio.ensure_future(b.submit("m", policy, fp32_req(rows(1)), None, None))
         await asyncio.sleep(0)
-        await b.submit("m", policy, fp32_req(rows(1)), None, 0.2)   # 0.2 s < 0.5 s delay
-        await first
-        assert time.monotonic() - t0 < 0.2
+        # A member whose deadline is shorter than the queue delay sends the group now.
+        await asyncio.wait_for(b.submit("m", policy, fp32_req(rows(1)), None, 0.2), 5)
+        await asyncio.wait_for(first, 5)
         (req, timeout), = up.calls
         assert list(req.inputs[0].shape) == [2, 4] and timeout is not None and timeout <= 0.2
     _run(main())
