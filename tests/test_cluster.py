@@ -171,5 +171,32 @@ def test_canary_then_promote_under_load(cluster: Cluster, fraud_reference) -> No
         {rep["version"] for rep in cluster.models()[MODEL]["replicas"] if rep["state"] == "ready"}
 
 
+def test_canary_rollback_under_load(cluster: Cluster) -> None:
+    """A bad new version goes out as a canary and is rolled back: the canary goes,
+    the stable version (the one promoted above) serves everything, nothing fails."""
+    x = np.random.default_rng(22).standard_normal((1, 16)).astype(np.float32)
+    stable, bad = fraud_forward(303)(x), fraud_forward(404)(x)
+    spec = write_spec(cluster.work / "fraud2-v3.yaml", MODEL, fraud_version(cluster.work / "fraud-v3", 404), 2, 3,
+                      extra="canaryTrafficPercent: 50\n")
+    client = grpcclient.InferenceServerClient(cluster.grpc_url)
+    inp = grpcclient.InferInput("features", [1, 16], "FP32")
+    inp.set_data_from_numpy(x)
+    with Load(cluster.grpc_url, MODEL) as load:
+        assert cluster.meshctl("apply", "-f", str(spec)).returncode == 0
+        r = cluster.meshctl("rollout", "status", MODEL, "--wait", "--timeout", "120")
+        assert r.returncode == 0 and "canary 50%" in r.stdout, r.stdout + r.stderr
+        answers = [client.infer(MODEL, [inp]).as_numpy("score") for _ in range(40)]
+        assert any(np.allclose(a, bad, rtol=1e-5) for a in answers)  # the canary does get traffic
+        r = cluster.meshctl("rollout", "rollback", MODEL)
+        assert r.returncode == 0 and "rolling back" in r.stdout, r.stdout + r.stderr
+        _wait(lambda: [rep["role"] for rep in cluster.models()[MODEL]["replicas"]] == ["serving", "serving"],
+              60, "the canary removed", cluster)
+        time.sleep(3)  # past the unload grace
+    print(f"\ncanary 50% rolled back; requests ok {load.ok}, failed {len(load.failures)}")
+    assert load.failures == [], load.failures[:5]
+    for _ in range(20):
+        assert np.allclose(client.infer(MODEL, [inp]).as_numpy("score"), stable, rtol=1e-5)
+
+
 def test_spec_uses_absolute_storage(cluster: Cluster) -> None:
     assert Path(cluster.models()[MODEL]["storage_uri"]).is_absolute()
