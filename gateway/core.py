@@ -22,7 +22,7 @@ from gateway.loadreport import LoadReporter
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Endpoint, RoutingTable
 from gateway.upstream import UpstreamPool
-from mesh.errors import InvalidInput, MeshError, ModelNotFound, NoReadyReplica, Overloaded
+from mesh.errors import GRPC_TO_HTTP, InvalidInput, MeshError, ModelNotFound, NoReadyReplica, Overloaded
 from mesh.types import BatchingSpec
 from meshproto import inference_pb2 as pb
 
@@ -38,7 +38,6 @@ class UpstreamStatus(MeshError):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
         self.grpc_code = code
-        from mesh.errors import GRPC_TO_HTTP
         self.http_status = GRPC_TO_HTTP.get(code, 500)
 
 

@@ -8,9 +8,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from gateway.core import InferenceCore
-from mesh.errors import MeshError
+from mesh.errors import InvalidInput, MeshError
 from meshproto import inference_pb2 as pb
 
 __all__ = ["build_grpc_handler", "SERVER_NAME", "SERVER_VERSION", "EXTENSIONS"]
@@ -103,9 +104,6 @@ def build_grpc_handler(core: InferenceCore) -> grpc.GenericRpcHandler:
 
 
 def _parse(msg_type: type, body: bytes):  # type: ignore[no-untyped-def]
-    from google.protobuf.message import DecodeError
-
-    from mesh.errors import InvalidInput
     try:
         return msg_type.FromString(body)
     except DecodeError as exc:
