@@ -31,7 +31,7 @@ class UpstreamStatus(MeshError):
         self.grpc_code = code
 
 
-def batcher(up: FakeUpstream, metrics: GatewayMetrics | None = None) -> Batcher:
+def batcher(up: RecordingSend, metrics: GatewayMetrics | None = None) -> Batcher:
     return Batcher(up.send, metrics or GatewayMetrics(), pb.ModelInferRequest, pb.ModelInferResponse)
 
 
@@ -200,8 +200,8 @@ def test_split_refuses_outputs_without_batch_dim() -> None:
         split_response(resp, members, [1, 1])
 
 
-# -- the asyncio shell over a fake upstream -------------------------------------------
-class FakeUpstream:
+# -- the asyncio queueing shell, unit-tested over a recording send function (real Triton: test_e2e_batching.py)
+class RecordingSend:
     def __init__(self, fail: grpc.StatusCode | None = None, delay: float = 0.0) -> None:
         self.calls: list[tuple[pb.ModelInferRequest, float | None]] = []
         self.fail = fail
@@ -227,7 +227,7 @@ def _run(coro):  # type: ignore[no-untyped-def]
 
 def test_concurrent_requests_share_one_call_and_get_their_own_answers() -> None:
     async def main() -> None:
-        up = FakeUpstream()
+        up = RecordingSend()
         b = batcher(up)
         policy = BatchingSpec(max_batch_size=8, max_queue_delay_us=50_000)
         xs = [rows(1, seed=i) for i in range(8)]
@@ -243,7 +243,7 @@ def test_concurrent_requests_share_one_call_and_get_their_own_answers() -> None:
 
 def test_flush_on_size_then_on_delay() -> None:
     async def main() -> None:
-        up = FakeUpstream()
+        up = RecordingSend()
         m = GatewayMetrics()
         b = batcher(up, m)
         # A delay no test waits for: finishing at all proves the groups left by size.
@@ -265,7 +265,7 @@ def test_flush_on_size_then_on_delay() -> None:
 
 def test_failure_fails_exactly_its_members_with_upstream_status() -> None:
     async def main() -> None:
-        up = FakeUpstream(fail=grpc.StatusCode.INVALID_ARGUMENT)
+        up = RecordingSend(fail=grpc.StatusCode.INVALID_ARGUMENT)
         b = batcher(up)
         policy = BatchingSpec(max_batch_size=4, max_queue_delay_us=5_000)
         res = await asyncio.gather(*(b.submit("m", policy, fp32_req(rows(1)), None, None) for _ in range(5)),
@@ -280,7 +280,7 @@ def test_failure_fails_exactly_its_members_with_upstream_status() -> None:
 
 def test_unmergeable_goes_alone_as_received() -> None:
     async def main() -> None:
-        up = FakeUpstream()
+        up = RecordingSend()
         m = GatewayMetrics()
         b = batcher(up, m)
         policy = BatchingSpec(max_batch_size=4, max_queue_delay_us=600_000_000)  # never waited for
@@ -295,7 +295,7 @@ def test_unmergeable_goes_alone_as_received() -> None:
 
 def test_short_deadline_flushes_early_and_bounds_the_upstream_call() -> None:
     async def main() -> None:
-        up = FakeUpstream()
+        up = RecordingSend()
         b = batcher(up)
         policy = BatchingSpec(max_batch_size=16, max_queue_delay_us=600_000_000)  # never waited for
         first = asyncio.ensure_future(b.submit("m", policy, fp32_req(rows(1)), None, None))
@@ -310,7 +310,7 @@ def test_short_deadline_flushes_early_and_bounds_the_upstream_call() -> None:
 
 def test_cancelled_member_does_not_break_the_batch() -> None:
     async def main() -> None:
-        up = FakeUpstream(delay=0.02)
+        up = RecordingSend(delay=0.02)
         b = batcher(up)
         policy = BatchingSpec(max_batch_size=16, max_queue_delay_us=10_000)
         gone = asyncio.ensure_future(b.submit("m", policy, fp32_req(rows(1), rid="gone"), None, None))
@@ -323,7 +323,7 @@ def test_cancelled_member_does_not_break_the_batch() -> None:
 
 def test_drain_flushes_pending_then_sends_alone() -> None:
     async def main() -> None:
-        up = FakeUpstream()
+        up = RecordingSend()
         b = batcher(up)
         policy = BatchingSpec(max_batch_size=16, max_queue_delay_us=5_000_000)
         waiting = [asyncio.ensure_future(b.submit("m", policy, fp32_req(rows(1)), None, None)) for _ in range(3)]
